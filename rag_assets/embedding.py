@@ -1,0 +1,121 @@
+"""The embedding model: where its files are, what it is called, and encoding text with it.
+
+Model identity is `name@revision`; `embeddings` rows are reused only for the same identity, so a
+changed model can never mix its vectors with another's.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path  # local folder with the sentence-transformers files
+    name: str  # e.g. sentence-transformers/all-MiniLM-L6-v2
+    revision: str  # hub commit, or a digest of the weight files for a local folder
+    max_seq_length: int  # tokens the model reads, special tokens included
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+def _weights_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(list(path.glob("*.safetensors")) + list(path.glob("*.bin"))):
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _model_name(path: Path) -> str:
+    """Hub id named in the model card (sentence-transformers cards name their repo), else the folder."""
+    readme = path / "README.md"
+    if readme.exists():
+        if m := re.search(r"sentence-transformers/[\w.-]+", readme.read_text(errors="ignore")[:20000]):
+            return m.group(0).rstrip(".")
+    return path.name
+
+
+@functools.lru_cache(maxsize=8)
+def resolve_model(model: str) -> ModelInfo:
+    """A local folder, or a Hugging Face id resolved through the local cache (HF_HUB_OFFLINE works)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        name, revision = _model_name(path), _weights_digest(path)
+    else:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(model))
+        name, revision = model, path.name[:12]
+    max_len = 512
+    st_config = path / "sentence_bert_config.json"
+    if st_config.exists():
+        max_len = int(json.loads(st_config.read_text()).get("max_seq_length") or max_len)
+    return ModelInfo(path=path, name=name, revision=revision, max_seq_length=max_len)
+
+
+def load_tokenizer(info: ModelInfo):
+    """The model's own fast tokenizer (no torch needed), with truncation and padding off."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(info.path / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def pick_device(requested: str) -> str:
+    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+        raise ValueError(f"RAG_EMBED_DEVICE must be auto, cpu or cuda[:N], got {requested!r}")
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("RAG_EMBED_DEVICE=cuda but no CUDA device is visible to this process")
+    return requested
+
+
+class Embedder:
+    """sentence-transformers encode with normalized float32 output."""
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.info = resolve_model(model)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        started = time.perf_counter()
+        self.model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
+        self.model.max_seq_length = self.info.max_seq_length
+        self.dim = int(self.model.get_embedding_dimension())
+        log.info("loaded %s on %s in %.1fs", self.info.key, self.device, time.perf_counter() - started)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, unit length. encode() sorts by length internally to cut padding."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
