@@ -146,7 +146,7 @@ class Lakehouse:
         selected = columns if columns else ("*",)
         result = table.scan(row_filter=row_filter, selected_fields=selected).to_arrow()
         schema = spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
-        return result.cast(schema) if result.num_rows else schema.empty_table()
+        return result.select(schema.names).cast(schema) if result.num_rows else schema.empty_table()
 
     def read_partition(self, spec: TableSpec, shard: str, columns: tuple[str, ...] | None = None) -> pa.Table:
         return self.scan(spec, EqualTo("shard", shard), columns)

@@ -1,0 +1,314 @@
+"""The live vector collection, behind one small interface with two engines.
+
+- `EdgeIndex`: the embedded qdrant-edge engine under RAG_HOME. One process at a time may open an
+  edge shard (its WAL is locked), so every operation opens it under a file lock and closes it when
+  done. Writes are fast (tens of thousands of points/s), so runs of different shards wait for each
+  other only for the seconds their upserts take, never for a whole run.
+- `ServerIndex`: a Qdrant server (or qdrant-client's in-process mode) through qdrant-client.
+
+Every point carries `shard`, `chunk_hash` and `model` in its payload (keyword-indexed), which is what
+lets a shard's points be listed, diffed, deleted, and checked against one model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
+INDEXED_FIELDS = ("shard", "model", "doc_id")
+
+
+def point_id_for(chunk_id: str) -> str:
+    """Deterministic point id: the same chunk always lands on the same point."""
+    return str(uuid.uuid5(POINT_NAMESPACE, chunk_id))
+
+
+@dataclass(frozen=True)
+class Point:
+    id: str
+    vector: Sequence[float]
+    payload: dict
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict
+
+
+class CollectionMismatch(RuntimeError):
+    """The existing collection cannot hold this model's vectors."""
+
+
+class VectorIndex:
+    collection: str
+
+    def session(self) -> contextlib.AbstractContextManager[IndexSession]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class IndexSession:
+    """Operations on an open collection; obtained from `VectorIndex.session()`."""
+
+    def ensure_collection(self, dim: int) -> None: ...
+    def shard_points(self, shard: str) -> dict[str, str]: ...  # point id -> chunk_hash
+    def upsert(self, points: Sequence[Point]) -> None: ...
+    def delete(self, ids: Sequence[str]) -> None: ...
+    def delete_shard(self, shard: str) -> int: ...
+    def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int: ...
+    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]: ...
+    def exists(self) -> bool: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Embedded engine
+
+
+class EdgeIndex(VectorIndex):
+    def __init__(self, root: Path, collection: str, batch_size: int = 512, lock_timeout: float = 600.0):
+        self.collection = collection
+        self.path = Path(root) / collection
+        self.batch_size = batch_size
+        self.lock_timeout = lock_timeout
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[EdgeSession]:
+        from filelock import FileLock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock", timeout=self.lock_timeout):
+            session = EdgeSession(self)
+            try:
+                yield session
+            finally:
+                session.close()
+
+
+def _edge_filter(shard: str | None = None, model: str | None = None, other_model: str | None = None):
+    from qdrant_edge import FieldCondition, Filter, MatchValue
+
+    must = [FieldCondition(k, match=MatchValue(v)) for k, v in (("shard", shard), ("model", model)) if v]
+    must_not = [FieldCondition("model", match=MatchValue(other_model))] if other_model else None
+    return Filter(must=must or None, must_not=must_not) if (must or must_not) else None
+
+
+class EdgeSession(IndexSession):
+    def __init__(self, index: EdgeIndex):
+        from qdrant_edge import EdgeShard
+
+        self.index = index
+        self.shard = EdgeShard.load(str(index.path)) if (index.path / "edge_config.json").exists() else None
+        self.dirty = False
+
+    def close(self) -> None:
+        if self.shard is not None:
+            if self.dirty:
+                self.shard.optimize()  # builds HNSW once segments pass the indexing threshold
+                self.shard.flush()
+            self.shard.close()
+            self.shard = None
+
+    def exists(self) -> bool:
+        return self.shard is not None
+
+    def _dim(self) -> int | None:
+        meta = self.index.path / "rag_collection.json"
+        return json.loads(meta.read_text())["dim"] if meta.exists() else None
+
+    def ensure_collection(self, dim: int) -> None:
+        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
+
+        if self.shard is not None:
+            existing = self._dim()
+            if existing is not None and existing != dim:
+                raise CollectionMismatch(
+                    f"collection {self.index.collection!r} holds {existing}-d vectors, the model makes {dim}-d; "
+                    "set RAG_QDRANT_COLLECTION to a new collection for this model"
+                )
+            return
+        self.shard = EdgeShard.create(
+            str(self.index.path), EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine))
+        )
+        for name in INDEXED_FIELDS:
+            self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+        (self.index.path / "rag_collection.json").write_text(json.dumps({"dim": dim, "distance": "cosine"}))
+        self.dirty = True
+
+    def shard_points(self, shard: str) -> dict[str, str]:
+        from qdrant_edge import ScrollRequest
+
+        if self.shard is None:
+            return {}
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(
+                ScrollRequest(offset=offset, limit=4096, filter=_edge_filter(shard), with_payload=["chunk_hash"])
+            )
+            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
+            if offset is None:
+                return found
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        from qdrant_edge import Point as EdgePoint
+        from qdrant_edge import UpdateOperation
+
+        for start in range(0, len(points), self.index.batch_size):
+            batch = points[start : start + self.index.batch_size]
+            self.shard.update(
+                UpdateOperation.upsert_points([EdgePoint(p.id, list(map(float, p.vector)), p.payload) for p in batch])
+            )
+            self.dirty = True
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_edge import UpdateOperation
+
+        if ids and self.shard is not None:
+            for start in range(0, len(ids), self.index.batch_size):
+                self.shard.update(UpdateOperation.delete_points(list(ids[start : start + self.index.batch_size])))
+            self.dirty = True
+
+    def delete_shard(self, shard: str) -> int:
+        from qdrant_edge import UpdateOperation
+
+        count = self.count(shard)
+        if count:
+            self.shard.update(UpdateOperation.delete_points_by_filter(_edge_filter(shard)))
+            self.dirty = True
+        return count
+
+    def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int:
+        from qdrant_edge import CountRequest
+
+        if self.shard is None:
+            return 0
+        return self.shard.count(CountRequest(exact=True, filter=_edge_filter(shard, model, other_model)))
+
+    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
+        from qdrant_edge import Query, QueryRequest
+
+        if self.shard is None:
+            return []
+        results = self.shard.query(
+            QueryRequest(limit=k, query=Query.Nearest(list(map(float, vector))), filter=_edge_filter(shard), with_payload=True)
+        )
+        return [Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in results]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Qdrant server (or qdrant-client's in-process mode for tests)
+
+
+@functools.lru_cache(maxsize=8)
+def _client(location: str, api_key: str | None, prefer_grpc: bool, timeout: int):
+    from qdrant_client import QdrantClient
+
+    if location.startswith(("http://", "https://")):
+        return QdrantClient(url=location, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
+    return QdrantClient(location=location)  # ":memory:" in tests
+
+
+class ServerIndex(VectorIndex):
+    def __init__(
+        self, url: str, collection: str, api_key: str | None = None, prefer_grpc: bool = False,
+        batch_size: int = 512, timeout: int = 60,
+    ):
+        self.collection = collection
+        self.client = _client(url, api_key, prefer_grpc, timeout)
+        self.batch_size = batch_size
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[ServerSession]:
+        yield ServerSession(self)
+
+
+def _server_filter(shard: str | None = None, model: str | None = None, other_model: str | None = None):
+    from qdrant_client import models
+
+    must = [models.FieldCondition(key=k, match=models.MatchValue(value=v)) for k, v in (("shard", shard), ("model", model)) if v]
+    must_not = [models.FieldCondition(key="model", match=models.MatchValue(value=other_model))] if other_model else None
+    return models.Filter(must=must or None, must_not=must_not) if (must or must_not) else None
+
+
+class ServerSession(IndexSession):
+    def __init__(self, index: ServerIndex):
+        self.index = index
+        self.client = index.client
+        self.name = index.collection
+
+    def exists(self) -> bool:
+        return self.client.collection_exists(self.name)
+
+    def ensure_collection(self, dim: int) -> None:
+        from qdrant_client import models
+
+        if self.exists():
+            params = self.client.get_collection(self.name).config.params.vectors
+            size = params.size if isinstance(params, models.VectorParams) else None
+            if size != dim:
+                raise CollectionMismatch(
+                    f"collection {self.name!r} holds {size}-d vectors, the model makes {dim}-d; "
+                    "set RAG_QDRANT_COLLECTION to a new collection for this model"
+                )
+            return
+        self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+        for name in INDEXED_FIELDS:
+            self.client.create_payload_index(self.name, name, models.PayloadSchemaType.KEYWORD)
+
+    def shard_points(self, shard: str) -> dict[str, str]:
+        if not self.exists():
+            return {}
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.name, scroll_filter=_server_filter(shard), limit=4096, offset=offset, with_payload=["chunk_hash"]
+            )
+            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
+            if offset is None:
+                return found
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        from qdrant_client import models
+
+        for start in range(0, len(points), self.index.batch_size):
+            batch = points[start : start + self.index.batch_size]
+            self.client.upsert(
+                self.name,
+                points=[models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload) for p in batch],
+                wait=True,
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        from qdrant_client import models
+
+        for start in range(0, len(ids), self.index.batch_size):
+            self.client.delete(self.name, models.PointIdsList(points=list(ids[start : start + self.index.batch_size])), wait=True)
+
+    def delete_shard(self, shard: str) -> int:
+        from qdrant_client import models
+
+        count = self.count(shard)
+        if count:
+            self.client.delete(self.name, models.FilterSelector(filter=_server_filter(shard)), wait=True)
+        return count
+
+    def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int:
+        if not self.exists():
+            return 0
+        return self.client.count(self.name, count_filter=_server_filter(shard, model, other_model), exact=True).count
+
+    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
+        if not self.exists():
+            return []
+        response = self.client.query_points(
+            self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]

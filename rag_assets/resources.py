@@ -1,0 +1,116 @@
+"""Dagster resources: the one place where settings turn into live clients.
+
+Values come from `config.Settings` (environment variables) when definitions load; secrets are passed
+as `dagster.EnvVar`, so Dagster resolves them at run time and never shows or logs them.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import dagster as dg
+
+from rag_assets.chunking import Chunker
+from rag_assets.embedding import Embedder, ModelInfo, resolve_model
+from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
+from rag_assets.parsing import RecordFields
+from rag_assets.source import LocalSource, open_source
+from rag_assets.tables import Lakehouse
+
+
+class SourceResource(dg.ConfigurableResource):
+    """Where documents come from: RAG_SOURCE, one sub-folder (or prefix) per shard."""
+
+    location: str
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+    max_document_mb: int = 64  # larger files are quarantined ("too_large") instead of read
+
+    def open(self) -> LocalSource:
+        return open_source(self.location)
+
+    @property
+    def fields(self) -> RecordFields:
+        return RecordFields(self.id_field, self.title_field, self.text_field)
+
+
+class IcebergResource(dg.ConfigurableResource):
+    """pyiceberg catalog properties (SQL on SQLite by default; Postgres, Glue or REST by config)."""
+
+    catalog_name: str = "rag"
+    namespace: str = "rag"
+    properties: dict[str, str]
+
+    def lakehouse(self) -> Lakehouse:
+        return Lakehouse(self.catalog_name, dict(self.properties), self.namespace)
+
+
+@functools.lru_cache(maxsize=2)
+def _embedder(model: str, device: str, batch_size: int) -> Embedder:
+    return Embedder(model, device, batch_size)  # loaded once per process, on first use
+
+
+class ModelResource(dg.ConfigurableResource):
+    """The embedding model and the chunker that counts tokens with the model's own tokenizer."""
+
+    model: str
+    device: str = "auto"
+    batch_size: int = 64
+    chunk_tokens: int = 200
+    chunk_overlap: int = 32
+
+    def info(self) -> ModelInfo:
+        return resolve_model(self.model)
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
+
+    def embedder(self) -> Embedder:
+        return _embedder(self.model, self.device, self.batch_size)
+
+
+class QdrantResource(dg.ConfigurableResource):
+    """The live collection: a Qdrant server when `url` is set, else the embedded engine at `path`."""
+
+    collection: str = "rag_chunks"
+    path: str = ""  # embedded engine folder
+    url: str | None = None
+    api_key: str | None = None
+    prefer_grpc: bool = False
+    batch_size: int = 512
+
+    def index(self) -> VectorIndex:
+        if self.url:
+            return ServerIndex(self.url, self.collection, self.api_key, self.prefer_grpc, self.batch_size)
+        return EdgeIndex(Path(self.path), self.collection, self.batch_size)
+
+
+def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
+    import os
+
+    from rag_assets.config import Settings
+
+    settings = settings or Settings.from_env()
+    return {
+        "source": SourceResource(location=settings.source),
+        "iceberg": IcebergResource(
+            catalog_name=settings.iceberg_catalog,
+            namespace=settings.iceberg_namespace,
+            properties=settings.iceberg_properties,
+        ),
+        "model": ModelResource(
+            model=settings.embed_model,
+            device=settings.embed_device,
+            batch_size=settings.embed_batch_size,
+            chunk_tokens=settings.chunk_tokens,
+            chunk_overlap=settings.chunk_overlap,
+        ),
+        "qdrant": QdrantResource(
+            collection=settings.qdrant_collection,
+            path=str(settings.home / "qdrant"),
+            url=settings.qdrant_url,
+            api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
+        ),
+    }
