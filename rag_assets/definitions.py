@@ -1,21 +1,21 @@
 """The Dagster code location (workspace.yaml points here)."""
 
-from __future__ import annotations
+import warnings
 
 import dagster as dg
 
-from rag_assets.assets import SHARD_ASSETS, shards
+from rag_assets.assets import SHARD_ASSETS
+from rag_assets.jobs import remove_shard_job, shard_sync_job
 from rag_assets.resources import build_resources
+from rag_assets.sensors import source_change_sensor
 
-shard_sync_job = dg.define_asset_job(
-    "shard_sync_job",
-    selection=dg.AssetSelection.assets(*SHARD_ASSETS),
-    partitions_def=shards,
-    description="Bring one shard's tables and index up to date with the source.",
-)
+# Dagster 1.13 passes `owners=None` to SensorDefinition itself and then warns that the parameter is
+# beta; the warning is about Dagster's own call, not this project, so it is silenced here only.
+warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
 defs = dg.Definitions(
     assets=SHARD_ASSETS,
-    jobs=[shard_sync_job],
+    jobs=[shard_sync_job, remove_shard_job],
+    sensors=[source_change_sensor],
     resources=build_resources(),
 )

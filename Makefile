@@ -1,0 +1,37 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Everything else is optional.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAG_HOME ?= $(CURDIR)/.rag
+export DAGSTER_HOME ?= $(RAG_HOME)/dagster
+
+.PHONY: install demo dev sync test clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first: any other torch spec pulls gigabytes of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml  ## build the demo source, sync it through Dagster, search it
+	$(VENV)/bin/rag-assets demo
+
+dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon (sensor) on http://127.0.0.1:3000
+	# Started from DAGSTER_HOME so Dagster reads the dagster.yaml copied there, not this folder's.
+	cd $(DAGSTER_HOME) && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p 3000
+
+sync: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/rag-assets sync
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(RAG_HOME)

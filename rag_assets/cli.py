@@ -1,0 +1,172 @@
+"""`rag-assets`: demo, sync, search and status from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from rag_assets.config import Settings
+
+
+def _instance(settings: Settings):
+    import dagster as dg
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.home / "dagster"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+@click.group()
+def main() -> None:
+    """Keep a vector index of a sharded document collection in sync (see README.md)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def sync(as_json: bool) -> None:
+    """Do what the sensor does, once, in-process: materialize new and changed shards, remove vanished ones."""
+    report = _sync(Settings.from_env(), quiet=as_json)
+    data = report.as_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        _print_sync(data)
+    sys.exit(1 if data["totals"]["failed"] else 0)
+
+
+def _sync(settings: Settings, quiet: bool):
+    from tqdm import tqdm
+
+    from rag_assets.resources import build_resources
+    from rag_assets.sync import run_sync
+
+    instance = _instance(settings)
+    bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
+
+    def progress(plan):
+        bar.set_postfix_str(f"{plan.shard} ({plan.status})")
+        bar.update(1)
+
+    try:
+        return run_sync(instance, build_resources(settings), progress)
+    finally:
+        bar.close()
+
+
+def _print_sync(data: dict) -> None:
+    cols = ("status", "documents", "chunks", "embedded", "reused", "upserted", "deleted", "quarantined", "seconds")
+    click.echo(f"{'shard':<24}" + "".join(f"{c:>12}" for c in cols))
+    for shard, row in sorted(data["shards"].items()):
+        click.echo(f"{shard:<24}" + "".join(f"{row.get(c, ''):>12}" for c in cols))
+        if row.get("error"):
+            click.echo(f"  error: {row['error']}", err=True)
+    t = data["totals"]
+    click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, help="How many chunks.")
+@click.option("--shard", default=None, help="Only this shard.")
+@click.option("--json", "as_json", is_flag=True)
+def search(query: str, k: int, shard: str | None, as_json: bool) -> None:
+    """Top-k chunks for QUERY with score, shard, doc_id and text."""
+    hits = _search(Settings.from_env(), query, k, shard)
+    if as_json:
+        click.echo(json.dumps({"query": query, "hits": hits}, indent=2))
+        return
+    for i, h in enumerate(hits, 1):
+        click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}")
+        click.echo("   " + h["text"][:300].replace("\n", " "))
+
+
+def _search(settings: Settings, query: str, k: int, shard: str | None) -> list[dict]:
+    from rag_assets.resources import build_resources
+
+    res = build_resources(settings)
+    vector = res["model"].embedder().encode([query])[0]
+    with res["qdrant"].index().session() as session:
+        hits = session.search(vector, k, shard)
+    return [
+        {"score": h.score, "shard": h.payload.get("shard"), "doc_id": h.payload.get("doc_id"),
+         "chunk_id": h.payload.get("chunk_id"), "title": h.payload.get("title"), "text": h.payload.get("text")}
+        for h in hits
+    ]
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Per shard: documents, chunks, live points, last sync, and whether Iceberg and the index agree."""
+    data = _status(Settings.from_env())
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(f"{'shard':<24}{'documents':>10}{'chunks':>10}{'points':>10}  {'in_sync':<8} last_sync")
+    for shard, row in sorted(data["shards"].items()):
+        click.echo(f"{shard:<24}{row['documents']:>10}{row['chunks']:>10}{row['points']:>10}  {str(row['in_sync']):<8} {row['last_sync']}")
+
+
+def _status(settings: Settings) -> dict:
+    import datetime as dt
+
+    import polars as pl
+
+    from rag_assets.assets import shards, vector_index
+    from rag_assets.resources import build_resources
+    from rag_assets.sync import latest_metadata
+    from rag_assets.tables import CHUNKS, RAW_DOCUMENTS, VECTOR_INDEX
+
+    instance = _instance(settings)
+    res = build_resources(settings)
+    lake = res["iceberg"].lakehouse()
+    partitions = instance.get_dynamic_partitions(shards.name)
+    synced = latest_metadata(instance, vector_index.key)
+
+    def counts(spec) -> dict[str, int]:
+        frame = pl.from_arrow(lake.table(spec).scan(selected_fields=("shard",)).to_arrow())
+        return dict(frame.group_by("shard").len().iter_rows()) if frame.height else {}
+
+    docs, chunk_counts = counts(RAW_DOCUMENTS), counts(CHUNKS)
+    out = {}
+    with res["qdrant"].index().session() as session:
+        for shard in partitions:
+            expected = {r["point_id"]: r["chunk_hash"] for r in lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash")).to_pylist()}
+            live = session.shard_points(shard)
+            stamp = synced.get(shard, {}).get("_timestamp")
+            out[shard] = {
+                "documents": docs.get(shard, 0),
+                "chunks": chunk_counts.get(shard, 0),
+                "points": len(live),
+                "last_sync": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat() if stamp else None,
+                "in_sync": bool(stamp) and live == expected,
+            }
+    return {"shards": out}
+
+
+@main.command()
+@click.option("--query", default="How do I parse a JSON document into Python objects?", show_default=True)
+def demo(query: str) -> None:
+    """Build a demo source from the Python standard library's own documentation, sync it, and search it."""
+    from rag_assets.demo import build_demo_source
+
+    settings = Settings.from_env()
+    created = build_demo_source(Path(settings.source))
+    click.echo(f"demo source: {settings.source} ({created} documents in {len(list(Path(settings.source).iterdir()))} shards)")
+    data = _sync(settings, quiet=False).as_json()
+    _print_sync(data)
+    click.echo(f"\nsearch: {query}")
+    for i, h in enumerate(_search(settings, query, 3, None), 1):
+        click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}\n   {h['text'][:200]!r}")
+    click.echo("\nNext: `make dev` opens the Dagster UI on http://127.0.0.1:3000")
+    sys.exit(1 if data["totals"]["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

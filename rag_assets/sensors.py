@@ -1,0 +1,44 @@
+"""The sensor that keeps the index in step with the source, using `sync.plan_sync`."""
+
+import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from rag_assets.assets import shards
+from rag_assets.jobs import remove_run_config, remove_shard_job, shard_sync_job
+from rag_assets.resources import SourceResource
+from rag_assets.sync import SYNC_TAG, plan_sync
+
+SHARD_TAG = "rag/shard"
+
+
+@dg.sensor(
+    jobs=[shard_sync_job, remove_shard_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Lists the source (metadata only), adds new shards, runs changed shards, removes vanished ones.",
+)
+def source_change_sensor(context: dg.SensorEvaluationContext, source: SourceResource):
+    try:
+        plans = plan_sync(context.instance, source.open())
+    except FileNotFoundError as exc:
+        return dg.SkipReason(str(exc))
+    busy = {
+        run.tags.get(SHARD_TAG)
+        for run in context.instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, tags={SYNC_TAG: "sensor"}))
+    }
+    new = [p.shard for p in plans if p.status == "new" and not context.instance.has_dynamic_partition(shards.name, p.shard)]
+    requests = []
+    for plan in plans:
+        if plan.shard in busy or plan.status == "unchanged":
+            continue
+        tags = {SYNC_TAG: "sensor", SHARD_TAG: plan.shard, "rag/status": plan.status}
+        if plan.status == "removed":
+            requests.append(dg.RunRequest(job_name=remove_shard_job.name, run_config=remove_run_config(plan.shard), tags=tags))
+        else:
+            tags["rag/source_fingerprint"] = plan.fingerprint
+            requests.append(dg.RunRequest(job_name=shard_sync_job.name, partition_key=plan.shard, tags=tags))
+    context.log.info(f"{len(plans)} shards listed; requesting {len(requests)} runs")
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(shards.name, new)] if new else [],
+    )
