@@ -8,7 +8,6 @@ from rag_assets.resources import IcebergResource, QdrantResource
 shard_sync_job = dg.define_asset_job(
     "shard_sync_job",
     selection=dg.AssetSelection.assets(*SHARD_ASSETS),
-    partitions_def=shards,
     description="Bring one shard's tables and index up to date with the source.",
 )
 

@@ -1,0 +1,124 @@
+"""Shared fixtures: a generated corpus, and a real environment (temp RAG_HOME + DAGSTER_HOME)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+TOPICS = {
+    "alpha": {
+        "volcano.md": "# Volcanoes\n\nMagma rises through the crust and erupts as lava from a volcano.\n\n"
+        "## Ash\n\nVolcanic ash clouds ground aircraft for days.\n",
+        "bread.txt": "Baking bread\n\nYeast ferments the dough, producing carbon dioxide that makes bread rise in the oven.\n",
+        "page.html": "<html><head><title>Chess openings</title><script>var tracking = 1;</script></head>"
+        "<body><h1>Chess</h1><p>The Sicilian Defence answers <b>1.e4</b> with c5.</p></body></html>",
+    },
+    "beta": {
+        "records.jsonl": "\n".join(
+            json.dumps(r)
+            for r in [
+                {"_id": "q1", "title": "Photosynthesis", "text": "Plants turn sunlight, water and carbon dioxide into glucose."},
+                {"_id": "q2", "title": "Tides", "text": "The gravity of the moon pulls the oceans and causes tides.", "lang": "en"},
+            ]
+        )
+        + "\n",
+        "guide.rst": "Knitting\n========\n\nA purl stitch is the reverse of a knit stitch in knitting patterns.\n",
+    },
+    "gamma": {
+        "corpus.json": json.dumps([{"_id": "c1", "title": "Glaciers", "text": "Glaciers carve U-shaped valleys as the ice slowly flows downhill."}]),
+        "notes.md.gz": None,  # filled below (gzip)
+        "table.parquet": None,  # filled below (parquet)
+    },
+}
+
+
+def _parquet_bytes() -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(
+        pa.table({"_id": ["p1"], "title": ["Honeybees"], "text": ["Honeybees dance to tell the hive where flowers are."]}),
+        buf,
+    )
+    return buf.getvalue()
+
+
+def write_corpus(root: Path) -> None:
+    for shard, files in TOPICS.items():
+        (root / shard).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            if name.endswith(".gz"):
+                data = gzip.compress(b"# Comets\n\nA comet grows a glowing tail of gas and dust near the sun.\n")
+            elif name.endswith(".parquet"):
+                data = _parquet_bytes()
+            else:
+                data = text.encode()
+            (root / shard / name).write_bytes(data)
+
+
+def write_bad_inputs(folder: Path) -> dict[str, str]:
+    """Bad files next to good ones; returns file name -> expected quarantine reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "random.txt").write_bytes(os.urandom(2048).replace(b"\0", b"\1") + b"\0")
+    (folder / "latin1.md").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (folder / "empty.txt").write_bytes(b"")
+    (folder / "broken.jsonl").write_text('{"_id": "ok", "text": "Kites fly on steady wind."}\n{"_id": "bad", "text": \n')
+    (folder / "corrupt.md.gz").write_bytes(b"\x1f\x8b not gzip at all")
+    (folder / "picture.png").write_bytes(b"\x89PNG\r\n")
+    return {
+        "random.txt": "binary",
+        "latin1.md": "invalid_utf8",
+        "empty.txt": "empty",
+        "broken.jsonl": "malformed_json",
+        "corrupt.md.gz": "corrupt_gzip",
+        "picture.png": "unsupported_type",
+    }
+
+
+@dataclass
+class RagEnv:
+    home: Path
+    source: Path
+    dagster_home: Path
+
+    def settings(self):
+        from rag_assets.config import Settings
+
+        return Settings.from_env()
+
+    def resources(self):
+        from rag_assets.resources import build_resources
+
+        return build_resources(self.settings())
+
+    def instance(self):
+        import dagster as dg
+
+        return dg.DagsterInstance.get()
+
+
+def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
+    env = RagEnv(tmp / "rag", tmp / "source", tmp / "dagster")
+    env.source.mkdir(parents=True)
+    env.dagster_home.mkdir(parents=True)
+    (env.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for key in [k for k in os.environ if k.startswith("RAG_")]:
+        mp.delenv(key)
+    mp.setenv("RAG_HOME", str(env.home))
+    mp.setenv("RAG_SOURCE", str(env.source))
+    mp.setenv("DAGSTER_HOME", str(env.dagster_home))
+    mp.setenv("RAG_EMBED_DEVICE", "cpu")
+    for key, value in extra.items():
+        mp.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def rag_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RagEnv:
+    return make_env(tmp_path, monkeypatch)
