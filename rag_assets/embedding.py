@@ -97,6 +97,9 @@ class Embedder:
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no weight-loading bar in run logs and CLI output
 
         self.info = resolve_model(model)
         self.device = pick_device(device)

@@ -34,7 +34,7 @@ def table(env, spec):
 def search(env, query, shard=None):
     result = CliRunner().invoke(main, ["search", query, "-k", "1", "--json"] + (["--shard", shard] if shard else []))
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)["hits"]
+    return json.loads(result.stdout)["hits"]
 
 
 def test_sync_report_counts_every_shard(synced):
@@ -92,7 +92,7 @@ def test_search_finds_the_right_document(synced):
 def test_status_reports_every_shard_in_sync(synced):
     result = CliRunner().invoke(main, ["status", "--json"])
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)["shards"]
+    status = json.loads(result.stdout)["shards"]
     assert set(status) == {"alpha", "beta", "gamma"}
     assert all(row["in_sync"] and row["points"] == row["chunks"] > 0 for row in status.values())
 

@@ -1,0 +1,32 @@
+"""Real text: the demo corpus (Python stdlib docs) through the CLI, as `make demo` runs it."""
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from rag_assets.cli import main
+from rag_assets.demo import DEMO_SHARDS, build_demo_source
+
+
+def test_demo_source_syncs_and_answers_questions(rag_env):
+    written = build_demo_source(rag_env.source)
+    assert written >= 40 and sorted(p.name for p in rag_env.source.iterdir()) == sorted(DEMO_SHARDS)
+    assert build_demo_source(rag_env.source) == written  # idempotent
+    for shard in DEMO_SHARDS:  # keep the suite fast: two shards of real documentation
+        if shard not in ("data", "numbers"):
+            shutil.rmtree(rag_env.source / shard)
+    result = CliRunner().invoke(main, ["sync", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["shards"]) == {"data", "numbers"}
+    assert report["totals"]["chunks"] > 200 and report["totals"]["quarantined"] == 0
+    assert report["totals"]["embedded"] + report["totals"]["reused"] == report["totals"]["chunks"]
+    for query, doc in [("serialize Python objects to a JSON string", "data/json.md"),
+                       ("mean, median and standard deviation of a sample", "numbers/statistics.md"),
+                       ("shuffle a list and pick random numbers", "numbers/random.md"),
+                       ("exact decimal floating point arithmetic for money", "numbers/decimal.md")]:
+        hits = json.loads(CliRunner().invoke(main, ["search", query, "-k", "5", "--json"]).stdout)["hits"]
+        assert doc in [h["doc_id"] for h in hits], (query, [h["doc_id"] for h in hits])
+    again = json.loads(CliRunner().invoke(main, ["sync", "--json"]).stdout)
+    assert {r["status"] for r in again["shards"].values()} == {"unchanged"} and again["totals"]["embedded"] == 0
