@@ -66,6 +66,17 @@ class IndexSession:
     def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]: ...
     def exists(self) -> bool: ...
 
+    @staticmethod
+    def _hashes(page) -> dict[str, str]:
+        """Point id -> chunk_hash over all scroll pages; `page(offset)` returns (records, next_offset)."""
+        found: dict[str, str] = {}
+        offset = None
+        while True:
+            records, offset = page(offset)
+            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
+            if offset is None:
+                return found
+
 
 # ---------------------------------------------------------------------------------------------------
 # Embedded engine
@@ -146,15 +157,11 @@ class EdgeSession(IndexSession):
 
         if self.shard is None:
             return {}
-        found: dict[str, str] = {}
-        offset = None
-        while True:
-            records, offset = self.shard.scroll(
+        return self._hashes(
+            lambda offset: self.shard.scroll(
                 ScrollRequest(offset=offset, limit=4096, filter=_edge_filter(shard), with_payload=["chunk_hash"])
             )
-            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
-            if offset is None:
-                return found
+        )
 
     def upsert(self, points: Sequence[Point]) -> None:
         from qdrant_edge import Point as EdgePoint
@@ -265,15 +272,11 @@ class ServerSession(IndexSession):
     def shard_points(self, shard: str) -> dict[str, str]:
         if not self.exists():
             return {}
-        found: dict[str, str] = {}
-        offset = None
-        while True:
-            records, offset = self.client.scroll(
+        return self._hashes(
+            lambda offset: self.client.scroll(
                 self.name, scroll_filter=_server_filter(shard), limit=4096, offset=offset, with_payload=["chunk_hash"]
             )
-            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
-            if offset is None:
-                return found
+        )
 
     def upsert(self, points: Sequence[Point]) -> None:
         from qdrant_client import models
