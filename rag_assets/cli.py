@@ -50,7 +50,7 @@ def _sync(settings: Settings, quiet: bool):
     bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
 
     def progress(plan):
-        bar.set_postfix_str(f"{plan.shard} ({plan.status})")
+        bar.set_postfix_str(f"{plan.shard}: {plan.status}", refresh=False)
         bar.update(1)
 
     try:

@@ -97,7 +97,7 @@ class SyncReport:
 def run_sync(
     instance: dg.DagsterInstance,
     resources: Mapping[str, object],
-    progress: Callable[[ShardPlan], None] = lambda plan: None,
+    progress: Callable[[ShardPlan], None] = lambda plan: None,  # called as each shard finishes
 ) -> SyncReport:
     source = resources["source"].open()
     plans = plan_sync(instance, source)
@@ -105,7 +105,6 @@ def run_sync(
     instance.add_dynamic_partitions(shards.name, [s for s in new if not instance.has_dynamic_partition(shards.name, s)])
     report = SyncReport()
     for plan in plans:
-        progress(plan)
         started = time.perf_counter()
         row: dict = {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}}
         if plan.status in ("new", "changed"):
@@ -136,6 +135,7 @@ def run_sync(
                 row.update(status="failed", error=_first_error(result))
         row["seconds"] = round(time.perf_counter() - started, 3)
         report.shards[plan.shard] = row
+        progress(plan)  # after the shard is done, so a progress bar counts finished shards
     return report
 
 
