@@ -29,6 +29,11 @@ GROUP = "rag"
 GPU_TAG = "rag/gpu"  # the GPU run launcher routes runs that materialize assets with this op tag
 
 
+def shard_asset(**kwargs):
+    """@asset partitioned by source shard, in the project's group."""
+    return dg.asset(partitions_def=shards, group_name=GROUP, **kwargs)
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -62,9 +67,7 @@ def carried(previous: pa.Table, key: str, match: str, stamp: str) -> dict[str, t
 # ---------------------------------------------------------------------------------------------------
 
 
-@dg.asset(
-    partitions_def=shards,
-    group_name=GROUP,
+@shard_asset(
     kinds={"iceberg", "python"},
     description="Documents read from one source shard, with content hashes; rejected inputs go to `quarantine`.",
 )
@@ -133,9 +136,7 @@ def raw_documents(
     )
 
 
-@dg.asset(
-    partitions_def=shards,
-    group_name=GROUP,
+@shard_asset(
     kinds={"iceberg", "python"},
     deps=[raw_documents],
     description="Token-aware chunks of each document (the model's tokenizer; never longer than the model reads).",
@@ -172,9 +173,7 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
     )
 
 
-@dg.asset(
-    partitions_def=shards,
-    group_name=GROUP,
+@shard_asset(
     kinds={"iceberg", "pytorch"},
     deps=[chunks],
     op_tags={GPU_TAG: "true"},
@@ -270,9 +269,7 @@ def latest_fingerprint(instance: dg.DagsterInstance, shard: str) -> str | None:
     return meta["source_fingerprint"].value if "source_fingerprint" in meta else None
 
 
-@dg.asset(
-    partitions_def=shards,
-    group_name=GROUP,
+@shard_asset(
     kinds={"iceberg", "qdrant"},
     deps=[embeddings],
     check_specs=[
