@@ -60,8 +60,8 @@ def table_metadata(spec: TableSpec, result: WriteResult, started: float, **count
 
 
 def carried(previous: pa.Table, key: str, match: str, stamp: str) -> dict[str, tuple[str, dt.datetime]]:
-    """key -> (match value, timestamp) from the partition's previous rows."""
-    return {r[key]: (r[match], r[stamp]) for r in previous.select([key, match, stamp]).to_pylist()}
+    """key -> (match value, timestamp) from the partition's previous rows (read with just these columns)."""
+    return {r[key]: (r[match], r[stamp]) for r in previous.to_pylist()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,7 +81,9 @@ def raw_documents(
     if not listing.files and not (src.root / shard).is_dir():
         raise dg.Failure(f"shard {shard!r} is not in the source {source.location}; a sync removes it")
     lake = iceberg.lakehouse()
-    previous = carried(lake.read_partition(RAW_DOCUMENTS, shard), "doc_id", "content_hash", "ingested_at")
+    previous = carried(
+        lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash", "ingested_at")), "doc_id", "content_hash", "ingested_at"
+    )
     limit = source.max_document_mb * 1024 * 1024
     docs, rejects, stamp = [], [], now()
 
@@ -114,7 +116,6 @@ def raw_documents(
                     "ingested_at": old_stamp if old_hash == item.content_hash else stamp,
                 }
             )
-        context.log.debug(f"read {f.path}")
     result = lake.replace_partition(RAW_DOCUMENTS, shard, pa.Table.from_pylist(docs, RAW_DOCUMENTS.arrow_schema))
     lake.replace_partition(QUARANTINE, shard, pa.Table.from_pylist(rejects, QUARANTINE.arrow_schema))
     changed = sum(1 for d in docs if previous.get(d["doc_id"], (None,))[0] != d["content_hash"])
@@ -318,7 +319,9 @@ def vector_index(
         session.delete(to_delete)
         after = session.shard_points(shard)
 
-    previous = carried(lake.read_partition(VECTOR_INDEX, shard), "point_id", "chunk_hash", "synced_at")
+    previous = carried(
+        lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "synced_at")), "point_id", "chunk_hash", "synced_at"
+    )
     stamp = now()
     rows = []
     for pid, p in desired.items():

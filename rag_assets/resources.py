@@ -7,6 +7,7 @@ as `dagster.EnvVar`, so Dagster resolves them at run time and never shows or log
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -88,8 +89,6 @@ class QdrantResource(dg.ConfigurableResource):
 
 
 def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
-    import os
-
     from rag_assets.config import Settings
 
     settings = settings or Settings.from_env()

@@ -139,13 +139,17 @@ class Lakehouse:
         except TableAlreadyExistsError:
             return self.catalog.load_table(ident)
 
+    @staticmethod
+    def _projected(spec: TableSpec, columns: tuple[str, ...] | None) -> pa.Schema:
+        return spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
+
     def scan(
         self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
     ) -> pa.Table:
         table = self.table(spec)
         selected = columns if columns else ("*",)
         result = table.scan(row_filter=row_filter, selected_fields=selected).to_arrow()
-        schema = spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
+        schema = self._projected(spec, columns)
         return result.select(schema.names).cast(schema) if result.num_rows else schema.empty_table()
 
     def read_partition(self, spec: TableSpec, shard: str, columns: tuple[str, ...] | None = None) -> pa.Table:
@@ -156,8 +160,7 @@ class Lakehouse:
         extra: BooleanExpression | None = None,
     ) -> pa.Table:
         if not values:
-            schema = spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
-            return schema.empty_table()
+            return self._projected(spec, columns).empty_table()
         row_filter: BooleanExpression = In(column, set(values))
         return self.scan(spec, And(extra, row_filter) if extra is not None else row_filter, columns)
 
