@@ -70,6 +70,8 @@ class Settings:
     embed_batch_size: int
     chunk_tokens: int
     chunk_overlap: int
+    sensor_interval_seconds: int  # how often the daemon lists the source
+    reconcile_cron: str  # when the index reconciliation runs (UTC)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -91,4 +93,6 @@ class Settings:
             embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),
             chunk_tokens=_env_int("RAG_CHUNK_TOKENS", 200),
             chunk_overlap=_env_int("RAG_CHUNK_OVERLAP", 32),
+            sensor_interval_seconds=_env_int("RAG_SENSOR_INTERVAL_SECONDS", 30),
+            reconcile_cron=_env("RAG_RECONCILE_CRON", "0 3 * * *"),
         )

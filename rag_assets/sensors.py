@@ -4,6 +4,7 @@ import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from rag_assets.assets import shards
+from rag_assets.config import Settings
 from rag_assets.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.resources import SourceResource
 from rag_assets.sync import SYNC_TAG, plan_sync
@@ -13,7 +14,7 @@ SHARD_TAG = "rag/shard"
 
 @dg.sensor(
     jobs=[shard_sync_job, remove_shard_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=Settings.from_env().sensor_interval_seconds,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lists the source (metadata only), adds new shards, runs changed shards, removes vanished ones.",
 )
