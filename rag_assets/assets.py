@@ -59,6 +59,14 @@ def table_metadata(spec: TableSpec, result: WriteResult, started: float, **count
     }
 
 
+def by_key(rows: pa.Table, key: str) -> dict[str, list[dict]]:
+    """Rows grouped by one column's value, in table order."""
+    grouped: dict[str, list[dict]] = {}
+    for row in rows.to_pylist():
+        grouped.setdefault(row[key], []).append(row)
+    return grouped
+
+
 def carried(previous: pa.Table, key: str, match: str, stamp: str) -> dict[str, tuple[str, dt.datetime]]:
     """key -> (match value, timestamp) from the partition's previous rows (read with just these columns)."""
     return {r[key]: (r[match], r[stamp]) for r in previous.to_pylist()}
@@ -81,11 +89,13 @@ def raw_documents(
     if not listing.files and not (src.root / shard).is_dir():
         raise dg.Failure(f"shard {shard!r} is not in the source {source.location}; a sync removes it")
     lake = iceberg.lakehouse()
-    previous = carried(
-        lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash", "ingested_at")), "doc_id", "content_hash", "ingested_at"
-    )
+    # A file whose size and version (mtime or ETag) are unchanged keeps its previous rows (documents and
+    # quarantine alike) without being read again: only new or modified files cost a read.
+    previous_rows = by_key(lake.read_partition(RAW_DOCUMENTS, shard), "source_uri")
+    previous_rejects = by_key(lake.read_partition(QUARANTINE, shard), "source_uri")
+    previous = {d["doc_id"]: (d["content_hash"], d["ingested_at"]) for rows in previous_rows.values() for d in rows}
     limit = source.max_document_mb * 1024 * 1024
-    docs, rejects, stamp = [], [], now()
+    docs, rejects, stamp, files_read = [], [], now(), 0
 
     def reject(uri: str, record: str, reason: str, detail: str) -> None:
         rejects.append({"shard": shard, "source_uri": uri, "record": record, "reason": reason, "detail": detail})
@@ -98,6 +108,12 @@ def raw_documents(
         if f.size > limit:
             reject(uri, "", "too_large", f"{f.size} bytes > {source.max_document_mb} MiB limit")
             continue
+        kept = previous_rows.get(uri, [])
+        if kept and all(d["source_size"] == f.size and d["source_version"] == f.version for d in kept):
+            docs.extend(kept)
+            rejects.extend(previous_rejects.get(uri, []))
+            continue
+        files_read += 1
         try:
             data = src.read_bytes(f)
         except OSError as exc:  # vanished or unreadable since listing
@@ -130,6 +146,7 @@ def raw_documents(
             quarantined=len(rejects),
             quarantine_reasons=dg.MetadataValue.json(dict(Counter(r["reason"] for r in rejects))),
             source_files=len(listing.files),
+            source_files_read=files_read,
             source_bytes=listing.total_bytes,
             source_fingerprint=listing.fingerprint,
         ),
@@ -147,16 +164,23 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
     shard = context.partition_key
     lake = iceberg.lakehouse()
     chunker = model.chunker()
-    docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata"))
-    rows = []
+    docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash"))
+    previous = by_key(lake.read_partition(CHUNKS, shard), "doc_id")
+    rows, split_docs = [], 0
     for doc in docs.to_pylist():
+        # Same content and same chunker (its settings are part of every chunk hash) -> same chunks.
+        old = previous.get(doc["doc_id"], [])
+        if old and old[0]["doc_hash"] == doc["content_hash"] and chunker.chunk_hash(old[0]["text"]) == old[0]["chunk_hash"]:
+            rows.extend({**r, "metadata": doc["metadata"]} for r in old)
+            continue
+        split_docs += 1
         for c in chunker.split(doc["text"]):
             rows.append(
                 {
                     "shard": shard, "doc_id": doc["doc_id"], "chunk_id": chunk_id_for(doc["doc_id"], c.chunk_index),
                     "chunk_index": c.chunk_index, "text": c.text, "token_count": c.token_count,
                     "char_start": c.char_start, "char_end": c.char_end, "chunk_hash": c.chunk_hash,
-                    "metadata": doc["metadata"],
+                    "metadata": doc["metadata"], "doc_hash": doc["content_hash"],
                 }
             )
     result = lake.replace_partition(CHUNKS, shard, pa.Table.from_pylist(rows, CHUNKS.arrow_schema))
@@ -165,6 +189,7 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
         metadata=table_metadata(
             CHUNKS, result, started,
             documents=docs.num_rows,
+            documents_split=split_docs,
             chunks=len(rows),
             tokens=sum(tokens),
             max_chunk_tokens=max(tokens, default=0),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -66,6 +66,9 @@ CHUNKS = TableSpec(
         ("shard", S, True), ("doc_id", S, True), ("chunk_id", S, True), ("chunk_index", I, True), ("text", S, True),
         ("token_count", I, True), ("char_start", I, True), ("char_end", I, True), ("chunk_hash", S, True),
         ("metadata", S, False),
+        # content_hash of the document the chunk came from: an unchanged document keeps its chunks
+        # without being split again. Optional so that tables made before it gain it by evolution.
+        ("doc_hash", S, False),
     ),
     ("doc_id", "chunk_index"),
 )
@@ -127,7 +130,7 @@ class Lakehouse:
         """The table, created on first use (safe when several processes race to create it)."""
         ident = self.identifier(spec)
         try:
-            return self.catalog.load_table(ident)
+            return self._evolved(self.catalog.load_table(ident), spec)
         except NoSuchTableError:
             pass
         try:
@@ -138,6 +141,18 @@ class Lakehouse:
             return self.catalog.create_table(ident, schema=spec.schema, partition_spec=SHARD_PARTITION)
         except TableAlreadyExistsError:
             return self.catalog.load_table(ident)
+
+    @staticmethod
+    def _evolved(table: Table, spec: TableSpec) -> Table:
+        """A table made by an older version gains the spec's new (optional) columns; data is untouched."""
+        if set(spec.schema.column_names) - set(table.schema().column_names):
+            try:
+                with table.update_schema() as update:
+                    update.union_by_name(spec.schema)
+            except CommitFailedException:  # another process evolved it first
+                pass
+            table = table.refresh()
+        return table
 
     @staticmethod
     def _projected(spec: TableSpec, columns: tuple[str, ...] | None) -> pa.Schema:
