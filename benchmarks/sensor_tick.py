@@ -37,7 +37,7 @@ def main() -> None:
 
     import dagster as dg
 
-    from rag_assets.assets import shards, vector_index
+    from rag_assets.assets import index_settings, shards, vector_index
     from rag_assets.definitions import defs
     from rag_assets.resources import build_resources
     from rag_assets.source import open_source
@@ -46,11 +46,14 @@ def main() -> None:
     resources = build_resources()
     listings = open_source(os.environ["RAG_SOURCE"]).list_shards()
     instance.add_dynamic_partitions(shards.name, list(listings))
+    settings = index_settings(resources["model"], resources["qdrant"])
     for name, listing in listings.items():
         instance.report_runless_asset_event(
-            dg.AssetMaterialization(vector_index.key, partition=name, metadata={"source_fingerprint": listing.fingerprint})
+            dg.AssetMaterialization(
+                vector_index.key, partition=name, metadata={"source_fingerprint": listing.fingerprint, **settings}
+            )
         )
-    sensor = defs.get_sensor_def("source_change_sensor")
+    sensor = defs.resolve_sensor_def("source_change_sensor")
     times = []
     for _ in range(args.ticks):
         started = time.perf_counter()

@@ -22,7 +22,7 @@ from rag_assets.index import CollectionMismatch, Point, point_id_for
 from rag_assets.parsing import Document, parse_file
 from rag_assets.chunking import chunk_id_for
 from rag_assets.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
-from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX, TableSpec, WriteResult
+from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX, Lakehouse, TableSpec, WriteResult
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "rag"
@@ -284,6 +284,29 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     )
 
 
+def desired_points(lake: Lakehouse, shard: str) -> dict[str, Point]:
+    """point id -> the point the collection must hold for each chunk of `shard`, from the Iceberg tables."""
+    emb = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "vector")))
+    chunk_rows = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")))
+    doc_rows = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
+    joined = emb.join(chunk_rows, on="chunk_id", how="inner").join(doc_rows, on="doc_id", how="left")
+    if joined.height != emb.height:
+        raise dg.Failure(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
+    points = {}
+    for r in joined.iter_rows(named=True):
+        pid = point_id_for(r["chunk_id"])
+        payload = {k: r[k] for k in ("doc_id", "chunk_id", "chunk_index", "chunk_hash", "title", "text", "source_uri")}
+        points[pid] = Point(pid, r["vector"], {"shard": shard, "model": r["model"], **payload})
+    return points
+
+
+def index_settings(model: ModelResource, qdrant: QdrantResource) -> dict[str, str]:
+    """What a synced shard's points depend on besides its content: chunker (which includes the model's
+    tokenizer), model and collection. Recorded by every vector_index materialization; a shard synced
+    under other settings is re-synced (a full re-embed), see `sync.plan_sync`."""
+    return {"index_chunker": model.chunker_settings_key(), "index_model": model.info().key, "index_collection": qdrant.collection}
+
+
 def latest_fingerprint(instance: dg.DagsterInstance, shard: str) -> str | None:
     """source_fingerprint of the newest raw_documents materialization of `shard`."""
     records = instance.fetch_materializations(
@@ -311,21 +334,10 @@ def vector_index(
     shard = context.partition_key
     lake = iceberg.lakehouse()
     model_key = model.info().key
-    emb = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "vector")))
-    stale = emb.filter(pl.col("model") != model_key).height
+    desired = desired_points(lake, shard)
+    stale = sum(1 for p in desired.values() if p.payload["model"] != model_key)
     if stale:
         raise dg.Failure(f"{stale} embeddings of shard {shard!r} are not from {model_key}; materialize embeddings first")
-    chunk_rows = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")))
-    doc_rows = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
-    joined = emb.join(chunk_rows, on="chunk_id", how="inner").join(doc_rows, on="doc_id", how="left")
-    if joined.height != emb.height:
-        raise dg.Failure(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
-
-    desired: dict[str, Point] = {}
-    for r in joined.iter_rows(named=True):
-        pid = point_id_for(r["chunk_id"])
-        payload = {k: r[k] for k in ("doc_id", "chunk_id", "chunk_index", "chunk_hash", "title", "text", "source_uri")}
-        desired[pid] = Point(pid, r["vector"], {"shard": shard, "model": model_key, **payload})
 
     index = qdrant.index()
     with index.session() as session:
@@ -376,6 +388,7 @@ def vector_index(
             # The fingerprint this shard is now fully synced to: the sensor compares against it, so a
             # shard whose run failed half-way is requested again on the next tick.
             source_fingerprint=latest_fingerprint(context.instance, shard) or "",
+            **index_settings(model, qdrant),
         ),
         check_results=[check],
         data_version=dg.DataVersion(digest(list(expected.items()))),

@@ -30,19 +30,29 @@ def chunk_id_for(doc_id: str, chunk_index: int) -> str:
     return hashlib.sha256(f"{doc_id}\0{chunk_index}".encode()).hexdigest()[:32]
 
 
+def chunk_capacity(model: ModelInfo, chunk_tokens: int, overlap_tokens: int) -> int:
+    capacity = min(chunk_tokens, model.max_seq_length - SPECIAL_TOKENS)
+    if capacity < 8:
+        raise ValueError(f"chunk size {chunk_tokens} tokens is too small")
+    if not 0 <= overlap_tokens < capacity:
+        raise ValueError(f"chunk overlap must be in [0, {capacity}), got {overlap_tokens}")
+    return capacity
+
+
+def chunker_settings_key(model: ModelInfo, chunk_tokens: int, overlap_tokens: int) -> str:
+    """Part of every chunk hash: other settings or another tokenizer give other chunks, other hashes."""
+    capacity = chunk_capacity(model, chunk_tokens, overlap_tokens)
+    return f"{SPLITTER_VERSION}:{model.name}@{model.revision}:{capacity}:{overlap_tokens}"
+
+
 class Chunker:
     def __init__(self, model: ModelInfo, chunk_tokens: int, overlap_tokens: int):
         from semantic_text_splitter import MarkdownSplitter
 
-        self.capacity = min(chunk_tokens, model.max_seq_length - SPECIAL_TOKENS)
-        if self.capacity < 8:
-            raise ValueError(f"chunk size {chunk_tokens} tokens is too small")
-        if not 0 <= overlap_tokens < self.capacity:
-            raise ValueError(f"chunk overlap must be in [0, {self.capacity}), got {overlap_tokens}")
+        self.capacity = chunk_capacity(model, chunk_tokens, overlap_tokens)
+        self.settings_key = chunker_settings_key(model, chunk_tokens, overlap_tokens)
         self.tokenizer = load_tokenizer(model)
         self.splitter = MarkdownSplitter.from_huggingface_tokenizer(self.tokenizer, self.capacity, overlap_tokens)
-        # Part of every chunk hash: other settings or another tokenizer give other chunks, other hashes.
-        self.settings_key = f"{SPLITTER_VERSION}:{model.name}@{model.revision}:{self.capacity}:{overlap_tokens}"
 
     def chunk_hash(self, text: str) -> str:
         return hashlib.sha256(f"{self.settings_key}\0{text}".encode()).hexdigest()

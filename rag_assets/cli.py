@@ -44,7 +44,7 @@ def _sync(settings: Settings, quiet: bool):
     from tqdm import tqdm
 
     from rag_assets.resources import build_resources
-    from rag_assets.sync import run_sync
+    from rag_assets.sync import SettingsConflict, run_sync
 
     instance = _instance(settings)
     bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
@@ -55,6 +55,8 @@ def _sync(settings: Settings, quiet: bool):
 
     try:
         return run_sync(instance, build_resources(settings), progress)
+    except SettingsConflict as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         bar.close()
 
@@ -148,6 +150,31 @@ def _status(settings: Settings) -> dict:
                 "in_sync": bool(stamp) and live == expected,
             }
     return {"shards": out}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(as_json: bool) -> None:
+    """What the nightly schedule does, now: repair drift between vector_index and the live collection."""
+    from rag_assets.reconcile import reconcile_job
+    from rag_assets.resources import build_resources
+    from rag_assets.sync import QUIET
+
+    settings = Settings.from_env()
+    res = build_resources(settings)
+    result = reconcile_job.execute_in_process(
+        instance=_instance(settings), resources={"iceberg": res["iceberg"], "qdrant": res["qdrant"]},
+        run_config=QUIET, tags={"rag/sync": "cli"}, raise_on_error=False,
+    )
+    if not result.success:
+        raise click.ClickException("reconciliation failed; see the run's logs in the Dagster instance")
+    report = result.output_for_node("reconcile")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"collection {report['collection']}: {report['totals']}")
+    for shard, row in sorted(report["shards"].items()):
+        click.echo(f"  {shard}: {row}")
 
 
 @main.command()

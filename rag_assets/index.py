@@ -22,6 +22,7 @@ from pathlib import Path
 
 POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
 INDEXED_FIELDS = ("shard", "model", "doc_id")
+FACET_LIMIT = 1_000_000  # more distinct shards than any collection holds
 
 
 def point_id_for(chunk_id: str) -> str:
@@ -65,6 +66,7 @@ class IndexSession:
     def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int: ...
     def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]: ...
     def exists(self) -> bool: ...
+    def shard_counts(self) -> dict[str, int]: ...  # shard -> points, for every shard the collection holds
 
     @staticmethod
     def _hashes(page) -> dict[str, str]:
@@ -191,6 +193,14 @@ class EdgeSession(IndexSession):
             self.dirty = True
         return count
 
+    def shard_counts(self) -> dict[str, int]:
+        from qdrant_edge import FacetRequest
+
+        if self.shard is None:
+            return {}
+        response = self.shard.facet(FacetRequest("shard", limit=FACET_LIMIT, exact=True))
+        return {str(h.value): h.count for h in response.hits}
+
     def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int:
         from qdrant_edge import CountRequest
 
@@ -302,6 +312,12 @@ class ServerSession(IndexSession):
         if count:
             self.client.delete(self.name, models.FilterSelector(filter=_server_filter(shard)), wait=True)
         return count
+
+    def shard_counts(self) -> dict[str, int]:
+        if not self.exists():
+            return {}
+        response = self.client.facet(self.name, key="shard", limit=FACET_LIMIT, exact=True)
+        return {str(h.value): h.count for h in response.hits}
 
     def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int:
         if not self.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rag_assets.chunking import Chunker
+from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.embedding import Embedder, ModelInfo, resolve_model
 from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
 from rag_assets.parsing import RecordFields
@@ -64,6 +64,10 @@ class ModelResource(dg.ConfigurableResource):
 
     def info(self) -> ModelInfo:
         return resolve_model(self.model)
+
+    def chunker_settings_key(self) -> str:
+        """The chunker's identity (model, tokenizer, sizes) without loading the tokenizer."""
+        return chunker_settings_key(self.info(), self.chunk_tokens, self.chunk_overlap)
 
     def chunker(self) -> Chunker:
         return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)

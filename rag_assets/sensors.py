@@ -3,11 +3,11 @@
 import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from rag_assets.assets import shards
+from rag_assets.assets import index_settings, shards
 from rag_assets.config import Settings
 from rag_assets.jobs import remove_run_config, remove_shard_job, shard_sync_job
-from rag_assets.resources import SourceResource
-from rag_assets.sync import SYNC_TAG, plan_sync
+from rag_assets.resources import ModelResource, QdrantResource, SourceResource
+from rag_assets.sync import SYNC_TAG, SettingsConflict, plan_sync
 
 SHARD_TAG = "rag/shard"
 
@@ -18,10 +18,12 @@ SHARD_TAG = "rag/shard"
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lists the source (metadata only), adds new shards, runs changed shards, removes vanished ones.",
 )
-def source_change_sensor(context: dg.SensorEvaluationContext, source: SourceResource):
+def source_change_sensor(
+    context: dg.SensorEvaluationContext, source: SourceResource, model: ModelResource, qdrant: QdrantResource
+):
     try:
-        plans = plan_sync(context.instance, source.open())
-    except FileNotFoundError as exc:
+        plans = plan_sync(context.instance, source.open(), index_settings(model, qdrant))
+    except (FileNotFoundError, SettingsConflict) as exc:
         return dg.SkipReason(str(exc))
     busy = {
         run.tags.get(SHARD_TAG)
@@ -33,6 +35,8 @@ def source_change_sensor(context: dg.SensorEvaluationContext, source: SourceReso
         if plan.shard in busy or plan.status == "unchanged":
             continue
         tags = {SYNC_TAG: "sensor", SHARD_TAG: plan.shard, "rag/status": plan.status}
+        if plan.reason:
+            tags["rag/reason"] = plan.reason
         if plan.status == "removed":
             requests.append(dg.RunRequest(job_name=remove_shard_job.name, run_config=remove_run_config(plan.shard), tags=tags))
         else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
-from rag_assets.assets import SHARD_ASSETS, chunks, embeddings, raw_documents, shards, vector_index
+from rag_assets.assets import SHARD_ASSETS, chunks, embeddings, index_settings, raw_documents, shards, vector_index
 from rag_assets.jobs import remove_run_config, remove_shard_job
 from rag_assets.source import LocalSource
 
@@ -27,6 +27,11 @@ class ShardPlan:
     shard: str
     status: str  # new | changed | unchanged | removed
     fingerprint: str = ""
+    reason: str = ""  # why a shard is "changed": source | settings
+
+
+class SettingsConflict(RuntimeError):
+    """The configured model differs from the one a collection was built with, and the collection did not change."""
 
 
 def latest_metadata(
@@ -48,18 +53,34 @@ def latest_metadata(
     }
 
 
-def plan_sync(instance: dg.DagsterInstance, source: LocalSource) -> list[ShardPlan]:
+def plan_sync(instance: dg.DagsterInstance, source: LocalSource, settings: Mapping[str, str]) -> list[ShardPlan]:
+    """One plan per shard: new, changed (source fingerprint or index settings differ), unchanged, removed.
+
+    `settings` is `assets.index_settings(...)` of the configured resources. A model switch is a full
+    re-embed and must go into another collection: a changed model with an unchanged collection raises
+    SettingsConflict before anything runs, so two models' vectors never meet in one collection.
+    """
     listings = source.list_shards()
     known = set(instance.get_dynamic_partitions(shards.name))
-    synced = {p: str(m.get("source_fingerprint", "")) for p, m in latest_metadata(instance, vector_index.key).items()}
+    synced = latest_metadata(instance, vector_index.key)
+    for shard, meta in synced.items():
+        if shard in known and meta.get("index_collection") == settings["index_collection"] and meta.get("index_model") not in (None, settings["index_model"]):
+            raise SettingsConflict(
+                f"shard {shard!r} is indexed in collection {settings['index_collection']!r} with model "
+                f"{meta['index_model']}, but the configured model is {settings['index_model']}. Changing the "
+                "model is a full re-embed into a new collection: set RAG_QDRANT_COLLECTION to a new name."
+            )
     plans = []
     for shard, listing in listings.items():
-        fp = listing.fingerprint
-        if shard not in known or shard not in synced:
-            status = "new"
+        fp, meta = listing.fingerprint, synced.get(shard)
+        if shard not in known or meta is None:
+            plans.append(ShardPlan(shard, "new", fp))
+        elif meta.get("source_fingerprint") != fp:
+            plans.append(ShardPlan(shard, "changed", fp, "source"))
+        elif any(meta.get(k) != v for k, v in settings.items()):
+            plans.append(ShardPlan(shard, "changed", fp, "settings"))
         else:
-            status = "unchanged" if synced[shard] == fp else "changed"
-        plans.append(ShardPlan(shard, status, fp))
+            plans.append(ShardPlan(shard, "unchanged", fp))
     plans.extend(ShardPlan(s, "removed") for s in sorted(known - set(listings)))
     return plans
 
@@ -100,7 +121,7 @@ def run_sync(
     progress: Callable[[ShardPlan], None] = lambda plan: None,  # called as each shard finishes
 ) -> SyncReport:
     source = resources["source"].open()
-    plans = plan_sync(instance, source)
+    plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
     new = [p.shard for p in plans if p.status == "new"]
     instance.add_dynamic_partitions(shards.name, [s for s in new if not instance.has_dynamic_partition(shards.name, s)])
     report = SyncReport()

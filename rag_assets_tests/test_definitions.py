@@ -12,7 +12,7 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     for key in keys:
         assert isinstance(repo.asset_graph.get(dg.AssetKey(key)).partitions_def, dg.DynamicPartitionsDefinition)
     assert {c.name for c in repo.asset_graph.asset_check_keys} == {"all_chunks_embedded", "index_matches_table"}
-    assert defs.get_sensor_def("source_change_sensor")
+    assert defs.resolve_sensor_def("source_change_sensor")
     assert defs.resolve_job_def("shard_sync_job") and defs.resolve_job_def("remove_shard_job")
     spec = repo.assets_defs_by_key[dg.AssetKey("embeddings")]
     assert spec.op.tags.get("rag/gpu") == "true"
@@ -24,7 +24,7 @@ def test_sensor_requests_runs_for_new_shards_only_once(rag_env):
 
     write_corpus(rag_env.source)
     instance = rag_env.instance()
-    sensor = defs.get_sensor_def("source_change_sensor")
+    sensor = defs.resolve_sensor_def("source_change_sensor")
     result = sensor(dg.build_sensor_context(instance=instance, resources=rag_env.resources()))
     assert sorted(r.partition_key for r in result.run_requests) == ["alpha", "beta", "gamma"]
     assert result.dynamic_partitions_requests[0].partition_keys == ["alpha", "beta", "gamma"]

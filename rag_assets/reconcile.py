@@ -1,0 +1,90 @@
+"""Reconciliation: make the live collection hold exactly what `vector_index` says, and report the repairs.
+
+Drift happens outside the pipeline's control (a point deleted by hand, a restored snapshot, a crash
+between the index write and the table commit, a shard removed while its removal failed). Every
+point the table lists is checked by id and chunk hash; missing or stale points are rewritten from
+the Iceberg tables (no model call), points the table does not list are deleted, including shards
+the table no longer knows at all. Shards with a run in flight are skipped: that run syncs them.
+"""
+
+
+from collections import defaultdict
+
+import dagster as dg
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+from rag_assets.assets import desired_points
+from rag_assets.config import Settings
+from rag_assets.resources import IcebergResource, QdrantResource
+from rag_assets.sensors import SHARD_TAG  # on sensor runs, shard removals included (they have no partition)
+from rag_assets.tables import VECTOR_INDEX
+
+PARTITION_TAG = "dagster/partition"
+
+
+def busy_shards(instance: dg.DagsterInstance) -> set[str]:
+    runs = instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))
+    return {run.tags[t] for run in runs for t in (PARTITION_TAG, SHARD_TAG) if t in run.tags}
+
+
+def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[str], log) -> dict:
+    """Repair drift between `vector_index` and the live collection; returns per-shard repairs and totals."""
+    lake = iceberg.lakehouse()
+    index = qdrant.index()
+    rows = lake.table(VECTOR_INDEX).scan(selected_fields=("shard", "point_id", "chunk_hash", "collection")).to_arrow()
+    expected: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in rows.to_pylist():
+        if r["collection"] == index.collection:
+            expected[r["shard"]][r["point_id"]] = r["chunk_hash"]
+
+    shards: dict[str, dict] = {}
+    with index.session() as session:
+        live_counts = session.shard_counts()
+        for shard in sorted(set(expected) | set(live_counts)):
+            if shard in busy:
+                shards[shard] = {"skipped": "run in progress"}
+                continue
+            want = expected.get(shard, {})
+            live = session.shard_points(shard) if shard in live_counts else {}
+            missing = [pid for pid in want if pid not in live]
+            stale = [pid for pid in want if pid in live and live[pid] != want[pid]]
+            extra = sorted(set(live) - set(want))
+            pending = 0  # listed in vector_index, but embeddings moved on since: the shard's next run syncs it
+            if missing or stale:
+                points = desired_points(lake, shard)
+                repair = [points[pid] for pid in missing + stale if pid in points and points[pid].payload["chunk_hash"] == want[pid]]
+                pending = len(missing) + len(stale) - len(repair)
+                session.upsert(repair)
+            session.delete(extra)
+            if missing or stale or extra or pending:
+                shards[shard] = {"missing": len(missing), "stale": len(stale), "extra": len(extra), "pending": pending}
+                log.info(f"reconciled shard {shard!r}: {shards[shard]}")
+        after = session.shard_counts()
+    totals = {k: sum(row.get(k, 0) for row in shards.values()) for k in ("missing", "stale", "extra", "pending")}
+    totals["skipped"] = sum(1 for row in shards.values() if "skipped" in row)
+    totals["shards_checked"] = len(set(expected) | set(live_counts))
+    totals["points"] = sum(after.values())
+    return {"collection": index.collection, "shards": shards, "totals": totals}
+
+
+@dg.op(description="Compare vector_index with the live collection; restore missing/stale points, delete extra ones.")
+def reconcile(context: dg.OpExecutionContext, iceberg: IcebergResource, qdrant: QdrantResource) -> dict:
+    report = reconcile_index(iceberg, qdrant, busy_shards(context.instance), context.log)
+    context.add_output_metadata(
+        {**report["totals"], "collection": report["collection"], "shards": dg.MetadataValue.json(report["shards"])}
+    )
+    return report
+
+
+@dg.job(description="Repair drift between the Iceberg `vector_index` table and the live Qdrant collection.")
+def reconcile_job():
+    reconcile()
+
+
+reconcile_schedule = dg.ScheduleDefinition(
+    name="reconcile_schedule",
+    job=reconcile_job,
+    cron_schedule=Settings.from_env().reconcile_cron,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Nightly reconciliation of the index with vector_index (RAG_RECONCILE_CRON, UTC).",
+)
