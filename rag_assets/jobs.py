@@ -9,6 +9,9 @@ shard_sync_job = dg.define_asset_job(
     "shard_sync_job",
     selection=dg.AssetSelection.assets(*SHARD_ASSETS),
     description="Bring one shard's tables and index up to date with the source.",
+    # The four steps run one after another anyway; one process spares three interpreter starts
+    # (and three imports of torch) per run.
+    executor_def=dg.in_process_executor,
 )
 
 

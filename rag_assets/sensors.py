@@ -10,6 +10,9 @@ from rag_assets.resources import ModelResource, QdrantResource, SourceResource
 from rag_assets.sync import SYNC_TAG, SettingsConflict, plan_sync
 
 SHARD_TAG = "rag/shard"
+# A shard with a sensor run in any of these states is not requested again. Queued runs count: the
+# run queue may hold a run longer than one tick (IN_PROGRESS_RUN_STATUSES leaves QUEUED out).
+PENDING_OR_RUNNING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, *IN_PROGRESS_RUN_STATUSES]
 
 
 @dg.sensor(
@@ -27,7 +30,7 @@ def source_change_sensor(
         return dg.SkipReason(str(exc))
     busy = {
         run.tags.get(SHARD_TAG)
-        for run in context.instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, tags={SYNC_TAG: "sensor"}))
+        for run in context.instance.get_runs(dg.RunsFilter(statuses=PENDING_OR_RUNNING, tags={SYNC_TAG: "sensor"}))
     }
     new = [p.shard for p in plans if p.status == "new" and not context.instance.has_dynamic_partition(shards.name, p.shard)]
     requests = []
