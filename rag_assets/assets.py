@@ -9,6 +9,7 @@ re-running a partition reproduces the same rows (and commits nothing).
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 
@@ -18,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
+from rag_assets.launcher import GPU_TAG
 from rag_assets.index import CollectionMismatch, Point, point_id_for
 from rag_assets.parsing import Document, parse_file
 from rag_assets.chunking import chunk_id_for
@@ -26,7 +28,7 @@ from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VEC
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "rag"
-GPU_TAG = "rag/gpu"  # the GPU run launcher routes runs that materialize assets with this op tag
+GPU_POOL = "gpu"  # Dagster concurrency pool: its limit is the number of GPUs (dagster.yaml)
 
 
 def shard_asset(**kwargs):
@@ -202,7 +204,8 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
 @shard_asset(
     kinds={"iceberg", "pytorch"},
     deps=[chunks],
-    op_tags={GPU_TAG: "true"},
+    op_tags={GPU_TAG: "true"},  # the GPU run launcher routes runs with this step to GPU capacity
+    pool=GPU_POOL,
     check_specs=[
         dg.AssetCheckSpec("all_chunks_embedded", asset="embeddings",
                           description="Every chunk of the shard has a vector for its current hash and model."),
@@ -278,6 +281,9 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             embed_seconds=round(embed_seconds, 3),
             tokens_per_second=round(tokens / embed_seconds, 1) if embed_seconds else 0.0,
             model=model_key,
+            device=model.embedder().device if texts else "",
+            # The GPU this run was pinned to by the GPU run launcher ("" = none, unset = not launched by it).
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         ),
         check_results=[check],
         data_version=dg.DataVersion(digest([(r["chunk_id"], r["chunk_hash"], model_key) for r in rows])),

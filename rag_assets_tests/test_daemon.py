@@ -252,6 +252,11 @@ def test_daemon_sensor_keeps_the_index_in_sync(daemon: Daemon):
         d.check(run.job_name == "shard_sync_job" and run.tags.get("dagster/partition") == shard
                 and run.tags.get("rag/status") == "new", f"run for {shard}: {run.job_name} {run.tags}")
         d.check(run.status == dg.DagsterRunStatus.SUCCESS, f"run for {shard} did not succeed")
+        # Shard runs embed, so the routing launcher sent them to the GPU launcher; this host has no
+        # GPU, so the run worker got no device and the run's events say so.
+        d.check(run.tags.get("rag/launcher") == "gpu" and run.tags.get("rag/gpu_device") == "", f"routing: {run.tags}")
+        events = [e.message for e in d.instance.all_logs(run.run_id) if e.message]
+        d.check(any("no GPU on this host" in m for m in events), "the CPU fallback is reported in the run's events")
     requested = {i for t in d.ticks() for i in t.run_ids}
     d.check(requested == {r.dagster_run.run_id for r in runs}, "every run must come from a sensor tick")
     assert_in_sync(d, {"north", "south"})
@@ -285,6 +290,7 @@ def test_daemon_sensor_keeps_the_index_in_sync(daemon: Daemon):
     d.check(run.job_name == "remove_shard_job" and run.tags.get(SHARD_TAG) == "south"
             and run.tags.get("rag/status") == "removed", f"removal run: {run.job_name} {run.tags}")
     d.check(run.status == dg.DagsterRunStatus.SUCCESS, "removal run did not succeed")
+    d.check(run.tags.get("rag/launcher") == "default", f"a removal run needs no GPU: {run.tags}")
     assert_in_sync(d, {"north"})
     for spec in ALL_TABLES:
         d.check(read_rows(env, spec, "south").num_rows == 0, f"{spec.name} still has rows of south")
