@@ -221,40 +221,40 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     hashes = {c["chunk_hash"] for c in wanted}
 
     # Reuse: first this shard's previous rows, then other shards' rows, for the same (hash, model).
-    known: dict[str, dict] = {}
+    # Vectors stay in Arrow: only the hash column is looked at row by row.
     cols = ("chunk_hash", "dim", "vector", "embedded_at")
     same_model = EqualTo("model", model_key)
-    for row in lake.scan(EMBEDDINGS, EqualTo("shard", shard) & same_model, cols).to_pylist():
-        if row["chunk_hash"] in hashes:
-            known[row["chunk_hash"]] = row
-    from_own = len(known)
-    missing = sorted(hashes - known.keys())
-    for row in lake.read_where_in(EMBEDDINGS, "chunk_hash", missing, cols, extra=same_model).to_pylist():
-        known.setdefault(row["chunk_hash"], row)
-    from_other_shards = len(known) - from_own
+    own = lake.scan(EMBEDDINGS, EqualTo("shard", shard) & same_model, cols)
+    found = [own]
+    row_of: dict[str, int] = {}  # chunk_hash -> row in the concatenation of `found`
+    for i, h in enumerate(own["chunk_hash"].to_pylist()):
+        if h in hashes:
+            row_of.setdefault(h, i)
+    from_own = len(row_of)
+    others = lake.read_where_in(EMBEDDINGS, "chunk_hash", sorted(hashes - row_of.keys()), cols, extra=same_model)
+    found.append(others)
+    for i, h in enumerate(others["chunk_hash"].to_pylist()):
+        row_of.setdefault(h, own.num_rows + i)
+    from_other_shards = len(row_of) - from_own
 
-    texts = {c["chunk_hash"]: c for c in wanted if c["chunk_hash"] not in known}
+    texts = {c["chunk_hash"]: c for c in wanted if c["chunk_hash"] not in row_of}
     embed_seconds, tokens = 0.0, sum(c["token_count"] for c in texts.values())
     if texts:
         embedder = model.embedder()
         t0 = time.perf_counter()
         vectors = embedder.encode([c["text"] for c in texts.values()])
         embed_seconds = time.perf_counter() - t0
-        stamp = now()
-        for h, vec in zip(texts, vectors):
-            known[h] = {"chunk_hash": h, "dim": int(vec.shape[0]), "vector": vec, "embedded_at": stamp}
+        offset = own.num_rows + others.num_rows
+        found.append(new_vectors(list(texts), vectors, now()))
+        row_of.update({h: offset + i for i, h in enumerate(texts)})
         context.log.info(f"embedded {len(texts)} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
 
-    rows = [
-        {"shard": shard, "chunk_id": c["chunk_id"], "chunk_hash": c["chunk_hash"], "model": model_key,
-         "dim": known[c["chunk_hash"]]["dim"], "vector": known[c["chunk_hash"]]["vector"],
-         "embedded_at": known[c["chunk_hash"]]["embedded_at"]}
-        for c in wanted
-    ]
-    table = pa.Table.from_pydict(
+    vecs = pa.concat_tables([t.cast(found[0].schema) for t in found]).take([row_of[c["chunk_hash"]] for c in wanted])
+    n = len(wanted)
+    table = pa.table(
         {
-            name: ([np.asarray(r["vector"], dtype=np.float32) for r in rows] if name == "vector" else [r[name] for r in rows])
-            for name in EMBEDDINGS.arrow_schema.names
+            "shard": [shard] * n, "chunk_id": [c["chunk_id"] for c in wanted], "chunk_hash": [c["chunk_hash"] for c in wanted],
+            "model": [model_key] * n, "dim": vecs["dim"], "vector": vecs["vector"], "embedded_at": vecs["embedded_at"],
         },
         schema=EMBEDDINGS.arrow_schema,
     )
@@ -286,7 +286,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         ),
         check_results=[check],
-        data_version=dg.DataVersion(digest([(r["chunk_id"], r["chunk_hash"], model_key) for r in rows])),
+        data_version=dg.DataVersion(digest([(r["chunk_id"], r["chunk_hash"], model_key) for r in wanted])),
     )
 
 
@@ -311,6 +311,20 @@ def index_settings(model: ModelResource, qdrant: QdrantResource) -> dict[str, st
     tokenizer), model and collection. Recorded by every vector_index materialization; a shard synced
     under other settings is re-synced (a full re-embed), see `sync.plan_sync`."""
     return {"index_chunker": model.chunker_settings_key(), "index_model": model.info().key, "index_collection": qdrant.collection}
+
+
+def new_vectors(hashes: list[str], vectors: np.ndarray, stamp: dt.datetime) -> pa.Table:
+    """(chunk_hash, dim, vector, embedded_at) rows for freshly embedded vectors, built without Python lists."""
+    n, dim = vectors.shape
+    vector_type = EMBEDDINGS.arrow_schema.field("vector").type
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int64))
+    values = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.table(
+        {"chunk_hash": hashes, "dim": pa.array([dim] * n, pa.int32()),
+         "vector": pa.LargeListArray.from_arrays(offsets, values).cast(vector_type),
+         "embedded_at": pa.array([stamp] * n, EMBEDDINGS.arrow_schema.field("embedded_at").type)},
+        schema=pa.schema([EMBEDDINGS.arrow_schema.field(c) for c in ("chunk_hash", "dim", "vector", "embedded_at")]),
+    )
 
 
 def latest_fingerprint(instance: dg.DagsterInstance, shard: str) -> str | None:

@@ -68,6 +68,7 @@ class Settings:
     embed_model: str
     embed_device: str
     embed_batch_size: int
+    embed_batch_tokens: int  # 0: 256k tokens per batch on CUDA, batch_size x 128 on CPU
     chunk_tokens: int
     chunk_overlap: int
     sensor_interval_seconds: int  # how often the daemon lists the source
@@ -91,6 +92,7 @@ class Settings:
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
             embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),
+            embed_batch_tokens=_env_int("RAG_EMBED_BATCH_TOKENS", 0),
             chunk_tokens=_env_int("RAG_CHUNK_TOKENS", 200),
             chunk_overlap=_env_int("RAG_CHUNK_OVERLAP", 32),
             sensor_interval_seconds=_env_int("RAG_SENSOR_INTERVAL_SECONDS", 30),

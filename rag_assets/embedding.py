@@ -112,8 +112,6 @@ class Embedder:
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.cuda = self.device.startswith("cuda")
-        # Tokens per batch: a GPU wants big batches; a CPU gains nothing past a few thousand tokens.
-        self.batch_tokens = batch_tokens or (256 * 1024 if self.cuda else batch_size * 128)
         started = time.perf_counter()
         self.model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
         self.model.max_seq_length = self.info.max_seq_length
@@ -122,7 +120,22 @@ class Embedder:
         self.model.eval()
         self.dim = int(self.model.get_embedding_dimension())
         self.dtype = torch.float16 if self.cuda else torch.float32
+        # Tokens per batch: a GPU wants big batches, as big as its free memory allows; a CPU gains
+        # nothing past a few thousand tokens.
+        self.batch_tokens = batch_tokens or (self._cuda_budget() if self.cuda else batch_size * 128)
         log.info("loaded %s on %s in %.1fs", self.info.key, self.device, time.perf_counter() - started)
+
+    def _cuda_budget(self) -> int:
+        """Padded tokens per batch that fit in half the free GPU memory (capped at 256k)."""
+        import torch
+
+        config = self.model[0].auto_model.config
+        hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
+        # float16 activations alive at once per token: hidden states and the 4x feed-forward
+        # intermediate (~24 x hidden bytes), plus one row of attention scores per head.
+        per_token = 24 * hidden + 2 * heads * self.model.max_seq_length
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        return max(4096, min(256 * 1024, int(free * 0.5 / per_token)))
 
     def batches(self, texts: list[str]) -> list[list[int]]:
         """Indices of `texts`, longest first, in batches of at most `batch_tokens` padded tokens."""

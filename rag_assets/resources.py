@@ -49,8 +49,8 @@ class IcebergResource(dg.ConfigurableResource):
 
 
 @functools.lru_cache(maxsize=2)
-def _embedder(model: str, device: str, batch_size: int) -> Embedder:
-    return Embedder(model, device, batch_size)  # loaded once per process, on first use
+def _embedder(model: str, device: str, batch_size: int, batch_tokens: int) -> Embedder:
+    return Embedder(model, device, batch_size, batch_tokens or None)  # loaded once per process, on first use
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -59,6 +59,7 @@ class ModelResource(dg.ConfigurableResource):
     model: str
     device: str = "auto"
     batch_size: int = 64
+    batch_tokens: int = 0  # padded tokens per batch; 0 = by device
     chunk_tokens: int = 200
     chunk_overlap: int = 32
 
@@ -73,7 +74,7 @@ class ModelResource(dg.ConfigurableResource):
         return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
 
     def embedder(self) -> Embedder:
-        return _embedder(self.model, self.device, self.batch_size)
+        return _embedder(self.model, self.device, self.batch_size, self.batch_tokens)
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -107,6 +108,7 @@ def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
             model=settings.embed_model,
             device=settings.embed_device,
             batch_size=settings.embed_batch_size,
+            batch_tokens=settings.embed_batch_tokens,
             chunk_tokens=settings.chunk_tokens,
             chunk_overlap=settings.chunk_overlap,
         ),

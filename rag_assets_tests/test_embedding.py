@@ -1,0 +1,79 @@
+"""The embedding path: batching, correctness against sentence-transformers, CUDA precision, benchmark."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rag_assets.config import default_model
+from rag_assets.embedding import Embedder
+
+ROOT = Path(__file__).parents[1]
+
+
+def texts(n: int, seed: int = 3) -> list[str]:
+    rng = random.Random(seed)
+    words = "glacier orchard lighthouse typeset bee railway canal volcano tide comet knit chess bread".split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 180))) + f" #{i}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cpu_embedder():
+    return Embedder(default_model(), "cpu", batch_size=16, batch_tokens=1024)
+
+
+def test_batches_are_length_sorted_within_the_token_budget_and_cover_every_text_once(cpu_embedder):
+    sample = texts(300)
+    batches = cpu_embedder.batches(sample)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(sample)))
+    lengths = [len(sample[i]) for i in flat]
+    assert lengths == sorted(lengths, reverse=True)  # longest first: each batch pads to a similar length
+    for b in batches:
+        widest = min(cpu_embedder.model.max_seq_length, max(len(sample[i]) for i in b) // 4 + 2)
+        assert len(b) == 1 or len(b) * widest <= cpu_embedder.batch_tokens
+    assert len(batches[-1]) > len(batches[0])  # short texts go in bigger batches
+
+
+def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
+    sample = texts(120)
+    ours = cpu_embedder.encode(sample)
+    reference = cpu_embedder.model.encode(sample, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    assert ours.shape == (120, 384) and ours.dtype == np.float32
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * reference).sum(axis=1).min() > 0.9999
+    assert cpu_embedder.encode([]).shape == (0, 384)
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_float16_vectors_match_float32_cpu_vectors(cpu_embedder):
+    sample = texts(2000)
+    gpu = Embedder(default_model(), "cuda")
+    assert gpu.dtype == torch.float16 and gpu.batch_tokens >= 4096
+    cosine = (gpu.encode(sample) * cpu_embedder.encode(sample)).sum(axis=1)
+    assert cosine.min() >= 0.99, cosine.min()
+
+
+@pytest.mark.timeout(300)
+def test_throughput_benchmark_runs_ci_sized_on_cpu():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "embed_throughput.py"), "--chunks", "120", "--device", "cpu",
+         "--batch-sizes", "16,64", "--check-sample", "40"],
+        capture_output=True, text=True, timeout=280, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["chunks"] == 120 and result["tokens"] > 0
+    assert set(result["raw_model"]["by_batch_size"]) == {"16", "64"}
+    assert result["asset_tokens_per_s"] > 0 and result["raw_model"]["tokens_per_s"] > 0
+    assert result["min_cosine_vs_fp32_cpu"] > 0.9999  # CPU float32 on both sides
+    # A gross regression of the asset's model path shows up even on a noisy 2-core machine.
+    assert result["ratio_model_call_to_raw"] > 0.3, result
