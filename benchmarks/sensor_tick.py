@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--ticks", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="print where one tick spends its time")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="rag-tick-"))
@@ -60,6 +61,13 @@ def main() -> None:
         result = sensor(dg.build_sensor_context(instance=instance, resources=resources))
         times.append(time.perf_counter() - started)
         assert not result.run_requests, "nothing changed, nothing may be requested"
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(sensor, dg.build_sensor_context(instance=instance, resources=resources))
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     print(f"files={per_shard * args.shards} shards={args.shards} ticks={args.ticks} "
           f"median={statistics.median(times) * 1000:.0f} ms min={min(times) * 1000:.0f} ms max={max(times) * 1000:.0f} ms")
 

@@ -155,9 +155,11 @@ class Embedder:
         return out
 
     def _tokenized(self, texts: list[str], batches: list[list[int]]):
-        """Yields (indices, features) with features padded and in pinned memory, one batch ahead."""
+        """Yields (row indices, features), padded and in pinned memory on CUDA, one batch ahead."""
         import queue
         import threading
+
+        import torch
 
         ready: queue.Queue = queue.Queue(maxsize=2)
 
@@ -165,9 +167,11 @@ class Embedder:
             try:
                 for idx in batches:
                     features = self.model.preprocess([texts[i] for i in idx])
-                    if self.cuda:
+                    rows = torch.tensor(idx)
+                    if self.cuda:  # pinned, so the copies to the device never wait for the device
                         features = {k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in features.items()}
-                    ready.put((idx, features))
+                        rows = rows.pin_memory()
+                    ready.put((rows, features))
             except BaseException as exc:  # surfaced in the consumer
                 ready.put(exc)
             ready.put(None)
@@ -186,8 +190,8 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = torch.empty((len(texts), self.dim), dtype=self.dtype, device=self.device)
         with torch.inference_mode():
-            for idx, features in self._tokenized(texts, self.batches(texts)):
+            for rows, features in self._tokenized(texts, self.batches(texts)):
                 features = {k: v.to(self.device, non_blocking=True) if hasattr(v, "to") else v for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]
-                out[torch.as_tensor(idx, device=self.device)] = torch.nn.functional.normalize(emb.float(), dim=1).to(self.dtype)
+                out[rows.to(self.device, non_blocking=True)] = torch.nn.functional.normalize(emb.float(), dim=1).to(self.dtype)
         return out.float().cpu().numpy()  # the one host sync

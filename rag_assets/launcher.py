@@ -61,7 +61,21 @@ def wants_gpu(instance: dg.DagsterInstance, run: DagsterRun) -> bool:
     )
 
 
-class GpuRoutingRunLauncher(RunLauncher, ConfigurableClass):
+class _ConfiguredLauncher(RunLauncher, ConfigurableClass):
+    """A run launcher built from its dagster.yaml config (the ConfigurableClass plumbing, once)."""
+
+    _inst_data: ConfigurableClassData | None = None
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        return cls(inst_data=inst_data, **config_value)
+
+
+class GpuRoutingRunLauncher(_ConfiguredLauncher):
     def __init__(
         self,
         inst_data: ConfigurableClassData | None = None,
@@ -75,10 +89,6 @@ class GpuRoutingRunLauncher(RunLauncher, ConfigurableClass):
         self.gpu_run_tags = dict(gpu_run_tags or {})
         super().__init__()
 
-    @property
-    def inst_data(self) -> ConfigurableClassData | None:
-        return self._inst_data
-
     @classmethod
     def config_type(cls):
         return {
@@ -86,10 +96,6 @@ class GpuRoutingRunLauncher(RunLauncher, ConfigurableClass):
             "default_launcher": dg.Field(_CLASS_SCHEMA, is_required=False, description="Launcher for all other runs (default: DefaultRunLauncher)."),
             "gpu_run_tags": dg.Field(dg.Permissive(), is_required=False, description="Tags added to GPU runs before launch (e.g. ecs/container_overrides)."),
         }
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
-        return cls(inst_data=inst_data, **config_value)
 
     def register_instance(self, instance) -> None:
         super().register_instance(instance)
@@ -156,7 +162,7 @@ class NoFreeGpu(RuntimeError):
     pass
 
 
-class LocalGpuRunLauncher(RunLauncher, ConfigurableClass):
+class LocalGpuRunLauncher(_ConfiguredLauncher):
     """Starts the run worker (`dagster api execute_run`) as a subprocess with CUDA_VISIBLE_DEVICES set to
     one GPU no other in-flight run holds. `devices` lists the GPUs to use (default: all nvidia-smi shows).
     With no GPU: `when_no_gpu: cpu` (default) runs it on the CPU and says so in the run's events;
@@ -171,20 +177,12 @@ class LocalGpuRunLauncher(RunLauncher, ConfigurableClass):
         self._procs: dict[str, subprocess.Popen] = {}
         super().__init__()
 
-    @property
-    def inst_data(self) -> ConfigurableClassData | None:
-        return self._inst_data
-
     @classmethod
     def config_type(cls):
         return {
             "devices": dg.Field([str], is_required=False, description="GPU indices to use; default: every GPU nvidia-smi lists."),
             "when_no_gpu": dg.Field(str, is_required=False, default_value="cpu", description="'cpu' or 'fail' when the host has no GPU."),
         }
-
-    @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
-        return cls(inst_data=inst_data, **config_value)
 
     def pick_device(self, run: DagsterRun) -> str:
         """A GPU index no other in-flight run holds, or "" for CPU when the host has none."""

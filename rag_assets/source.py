@@ -74,26 +74,35 @@ class LocalSource:
         return shards
 
     def list_shard(self, shard: str) -> ShardListing:
+        """Metadata of every file of the shard (os.scandir: one stat per file, no reads)."""
         listing = ShardListing(shard)
         root_real = self.root.resolve()
-        for dirpath, dirnames, filenames in os.walk(self.root / shard, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
+        prefix = len(str(self.root)) + 1
+        pending = [str(self.root / shard)]
+        found: list[os.DirEntry] = []
+        while pending:
+            try:
+                entries = list(os.scandir(pending.pop()))
+            except OSError:  # a folder that vanished or cannot be opened: its files are not listed
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
                     continue
-                full = Path(dirpath) / name
-                rel = full.relative_to(self.root).as_posix()
-                try:
-                    if full.is_symlink():
-                        target = full.resolve()
-                        if not target.is_relative_to(root_real):
-                            listing.files.append(SourceFile(rel, 0, "symlink", "symlink points outside the source root"))
-                            continue
-                    st = full.stat()
-                except OSError as exc:  # vanished between listing and stat, or a dangling link
-                    listing.files.append(SourceFile(rel, 0, "unreadable", f"cannot stat file: {exc.strerror or exc}"))
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    found.append(entry)
+        for entry in sorted(found, key=lambda e: e.path):
+            rel = entry.path[prefix:].replace(os.sep, "/")
+            try:
+                if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root_real):
+                    listing.files.append(SourceFile(rel, 0, "symlink", "symlink points outside the source root"))
                     continue
-                listing.files.append(SourceFile(rel, st.st_size, str(st.st_mtime_ns)))
+                st = entry.stat()  # follows a link that stays inside the root
+            except OSError as exc:  # vanished between listing and stat, or a dangling link
+                listing.files.append(SourceFile(rel, 0, "unreadable", f"cannot stat file: {exc.strerror or exc}"))
+                continue
+            listing.files.append(SourceFile(rel, st.st_size, str(st.st_mtime_ns)))
         return listing
 
     def read_bytes(self, file: SourceFile) -> bytes:

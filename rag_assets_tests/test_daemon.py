@@ -257,6 +257,10 @@ def test_daemon_sensor_keeps_the_index_in_sync(daemon: Daemon):
         d.check(run.tags.get("rag/launcher") == "gpu" and run.tags.get("rag/gpu_device") == "", f"routing: {run.tags}")
         events = [e.message for e in d.instance.all_logs(run.run_id) if e.message]
         d.check(any("no GPU on this host" in m for m in events), "the CPU fallback is reported in the run's events")
+    # Both runs embed, so both need the `gpu` pool, whose limit is 1 in the shipped dagster.yaml: the
+    # queue ran them one after the other although max_concurrent_runs would allow both at once.
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    d.check(first.end_time <= second.start_time, "two embedding runs overlapped despite the gpu pool limit of 1")
     requested = {i for t in d.ticks() for i in t.run_ids}
     d.check(requested == {r.dagster_run.run_id for r in runs}, "every run must come from a sensor tick")
     assert_in_sync(d, {"north", "south"})
