@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
-from rag_assets.launcher import GPU_TAG
+from rag_assets.launcher import GPU_POOL, GPU_TAG
 from rag_assets.index import CollectionMismatch, Point, point_id_for
 from rag_assets.parsing import Document, parse_file
 from rag_assets.chunking import chunk_id_for
@@ -28,7 +28,6 @@ from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VEC
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "rag"
-GPU_POOL = "gpu"  # Dagster concurrency pool: its limit is the number of GPUs (dagster.yaml)
 
 
 def shard_asset(**kwargs):

@@ -32,6 +32,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, DagsterR
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 GPU_TAG = "rag/gpu"  # op tag on GPU assets; also accepted as a run tag
+GPU_POOL = "gpu"  # Dagster concurrency pool of the GPU assets; its limit is the number of GPUs
 ROUTE_TAG = "rag/launcher"  # which backend a run went to: gpu | default
 DEVICE_TAG = "rag/gpu_device"  # the GPU a local run was pinned to ("" = none: CPU fallback)
 PID_TAG = "rag/pid"
@@ -46,6 +47,18 @@ def _load(spec: Mapping[str, Any] | None, default: RunLauncher) -> RunLauncher:
 
     data = ConfigurableClassData(spec["module"], spec["class"], yaml.safe_dump(dict(spec.get("config") or {})))
     return data.rehydrate(as_type=RunLauncher)
+
+
+def ensure_gpu_pool(instance: dg.DagsterInstance) -> None:
+    """Create the `gpu` pool's limit (from `pools.default_limit`) if the instance has none yet.
+
+    The run queue only enforces pools it already knows, and Dagster records a pool's default limit
+    when it first sees a queued run needing it, after that pass's dequeue decisions: without this, the
+    first runs of the first backfill would all start at once. Called by the sensor and the launcher.
+    """
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits and GPU_POOL not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(GPU_POOL)
 
 
 def wants_gpu(instance: dg.DagsterInstance, run: DagsterRun) -> bool:
@@ -101,6 +114,7 @@ class GpuRoutingRunLauncher(_ConfiguredLauncher):
         super().register_instance(instance)
         for launcher in (self.gpu, self.default):
             launcher.register_instance(instance)
+        ensure_gpu_pool(instance)
 
     def _route(self, run: DagsterRun) -> RunLauncher:
         return self.gpu if run.tags.get(ROUTE_TAG) == "gpu" else self.default

@@ -6,6 +6,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from rag_assets.assets import index_settings, shards
 from rag_assets.config import Settings
 from rag_assets.jobs import remove_run_config, remove_shard_job, shard_sync_job
+from rag_assets.launcher import ensure_gpu_pool
 from rag_assets.resources import ModelResource, QdrantResource, SourceResource
 from rag_assets.sync import SYNC_TAG, SettingsConflict, plan_sync
 
@@ -24,6 +25,7 @@ PENDING_OR_RUNNING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTE
 def source_change_sensor(
     context: dg.SensorEvaluationContext, source: SourceResource, model: ModelResource, qdrant: QdrantResource
 ):
+    ensure_gpu_pool(context.instance)  # before the first run is queued, so the queue enforces it
     try:
         plans = plan_sync(context.instance, source.open(), index_settings(model, qdrant))
     except (FileNotFoundError, SettingsConflict) as exc:
