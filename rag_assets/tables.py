@@ -100,6 +100,11 @@ QUARANTINE = TableSpec(
 )
 ALL_TABLES = (RAW_DOCUMENTS, CHUNKS, EMBEDDINGS, VECTOR_INDEX, QUARANTINE)
 
+# Many shard runs commit to one table at once, each losing the optimistic-concurrency race to the
+# others in turn; pyiceberg retries a conflicting commit up to this many times (its default, 4, is
+# too few for 16 concurrent writers: measured in test_postgres.py), backing off up to 10 s.
+TABLE_PROPERTIES = {"commit.retry.num-retries": "25", "commit.retry.max-wait-ms": "10000"}
+
 SHARD_PARTITION = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="shard"))
 
 
@@ -138,17 +143,20 @@ class Lakehouse:
         except NamespaceAlreadyExistsError:
             pass
         try:
-            return self.catalog.create_table(ident, schema=spec.schema, partition_spec=SHARD_PARTITION)
+            return self.catalog.create_table(ident, schema=spec.schema, partition_spec=SHARD_PARTITION, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:
             return self.catalog.load_table(ident)
 
     @staticmethod
     def _evolved(table: Table, spec: TableSpec) -> Table:
-        """A table made by an older version gains the spec's new (optional) columns; data is untouched."""
-        if set(spec.schema.column_names) - set(table.schema().column_names):
+        """A table made by an older version gains the spec's new (optional) columns and the table
+        properties; data is untouched."""
+        stale_properties = any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items())
+        if stale_properties or set(spec.schema.column_names) - set(table.schema().column_names):
             try:
-                with table.update_schema() as update:
-                    update.union_by_name(spec.schema)
+                with table.transaction() as tx:
+                    tx.update_schema().union_by_name(spec.schema).commit()
+                    tx.set_properties(TABLE_PROPERTIES)
             except CommitFailedException:  # another process evolved it first
                 pass
             table = table.refresh()

@@ -122,3 +122,31 @@ def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
 @pytest.fixture
 def rag_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RagEnv:
     return make_env(tmp_path, monkeypatch)
+
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+
+
+@pytest.fixture
+def postgres_db(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database on the machine's PostgreSQL (dropped afterwards), exported as DAGSTER_PG_*.
+
+    Without a server the test is skipped, except under CI=true, where it fails."""
+    import uuid
+
+    import psycopg2
+
+    name = f"rag_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(dbname="postgres", **PG)
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    for key, value in {"HOST": PG["host"], "PORT": str(PG["port"]), "USER": PG["user"], "PASSWORD": "", "DB": name}.items():
+        monkeypatch.setenv(f"DAGSTER_PG_{key}", value)
+    yield name
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +19,6 @@ from dagster._core.launcher import LaunchRunContext
 from rag_assets_tests.test_launcher import create_run
 
 ROOT = Path(__file__).parents[1]
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
 
 
 def free_port() -> int:
@@ -48,27 +46,6 @@ def moto_server(monkeypatch):
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture
-def postgres_db(monkeypatch):
-    """A fresh database on the machine's PostgreSQL for the Dagster instance (dropped afterwards)."""
-    import psycopg2
-
-    name = f"rag_ecs_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", **PG)
-    except psycopg2.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    for key, value in {"HOST": PG["host"], "PORT": str(PG["port"]), "USER": PG["user"], "PASSWORD": "", "DB": name}.items():
-        monkeypatch.setenv(f"DAGSTER_PG_{key}", value)
-    yield name
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
 
 
 def ecs_cluster() -> dict[str, str]:
