@@ -21,11 +21,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_env import temp_rag_env  # noqa: E402
 
 
 def make_chunks(n: int) -> list[dict]:
@@ -82,11 +83,7 @@ def main() -> None:
     parser.add_argument("--check-sample", type=int, default=2000, help="chunks compared against fp32 CPU vectors")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="rag-embed-bench-"))
-    os.environ.update(RAG_HOME=str(tmp / "rag"), RAG_SOURCE=str(tmp / "src"), DAGSTER_HOME=str(tmp / "dagster"),
-                      RAG_EMBED_DEVICE=args.device)
-    (tmp / "dagster").mkdir()
-    (tmp / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    temp_rag_env("rag-embed-bench-", RAG_EMBED_DEVICE=args.device)
 
     import dagster as dg
     import numpy as np

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_env import temp_rag_env
 
 
 def paragraphs() -> list[str]:
@@ -77,10 +77,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="rag-incremental-"))
-    os.environ.update(RAG_HOME=str(tmp / "rag"), RAG_SOURCE=str(tmp / "src"), DAGSTER_HOME=str(tmp / "dagster"))
-    (tmp / "dagster").mkdir()
-    (tmp / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    tmp = temp_rag_env("rag-incremental-")
     paths = build_corpus(tmp / "src", args.docs, args.shards)
 
     full = timed_sync("full build")

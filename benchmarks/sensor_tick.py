@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
+
+from bench_env import temp_rag_env
 
 
 def main() -> None:
@@ -25,10 +26,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print where one tick spends its time")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="rag-tick-"))
-    os.environ.update(RAG_HOME=str(tmp / "rag"), RAG_SOURCE=str(tmp / "src"), DAGSTER_HOME=str(tmp / "dagster"))
-    (tmp / "dagster").mkdir()
-    (tmp / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    tmp = temp_rag_env("rag-tick-")
     per_shard = args.files // args.shards
     for s in range(args.shards):
         folder = tmp / "src" / f"shard-{s:03d}"

@@ -47,20 +47,27 @@ def _commit_partition(props: dict, shard: str) -> None:
     lake.replace_partition(VECTOR_INDEX, shard, rows)
 
 
-def test_concurrent_commits_of_different_shards_all_land(tmp_path):
-    (tmp_path / "wh").mkdir()
-    props = {"type": "sql", "uri": f"sqlite:///{tmp_path / 'c.db'}", "warehouse": (tmp_path / "wh").as_uri()}
+def commit_shards_at_once(props: dict, n: int) -> Lakehouse:
+    """n processes each replace their own shard of one table at the same moment; all must land,
+    with exactly one snapshot each (none lost to a conflict, none doubled by a retry)."""
     Lakehouse("c", props, "rag").table(VECTOR_INDEX)
     ctx = mp.get_context("spawn")
-    shards = [f"s{i}" for i in range(8)]
+    shards = [f"s{i:02d}" for i in range(n)]
     procs = [ctx.Process(target=_commit_partition, args=(props, s)) for s in shards]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0] * len(shards)
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0] * n
     lake = Lakehouse("c", props, "rag")
     assert all(lake.read_partition(VECTOR_INDEX, s).num_rows == 3 for s in shards)
+    assert len(lake.table(VECTOR_INDEX).history()) == n
+    return lake
+
+
+def test_concurrent_commits_of_different_shards_all_land(tmp_path):
+    (tmp_path / "wh").mkdir()
+    commit_shards_at_once({"type": "sql", "uri": f"sqlite:///{tmp_path / 'c.db'}", "warehouse": (tmp_path / "wh").as_uri()}, 8)
 
 
 def test_qdrant_server_path(tmp_path, monkeypatch):

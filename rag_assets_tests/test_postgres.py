@@ -2,7 +2,6 @@
 infra/dagster.ecs.yaml) and the Iceberg SQL catalog, by configuration only."""
 
 import json
-import multiprocessing as mp
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +10,9 @@ from click.testing import CliRunner
 
 from rag_assets.cli import main
 from rag_assets.sync import run_sync
-from rag_assets.tables import ALL_TABLES, VECTOR_INDEX, Lakehouse
+from rag_assets.tables import ALL_TABLES
 from rag_assets_tests.conftest import PG, make_env, write_corpus
-from rag_assets_tests.test_concurrency_and_server import _commit_partition
+from rag_assets_tests.test_concurrency_and_server import commit_shards_at_once
 
 ROOT = Path(__file__).parents[1]
 
@@ -47,16 +46,4 @@ def test_sync_with_instance_and_catalog_on_postgres(tmp_path, monkeypatch, postg
 
 def test_sixteen_processes_commit_different_shards_of_one_table_on_postgres(tmp_path, postgres_db):
     (tmp_path / "wh").mkdir()
-    props = {"type": "sql", "uri": catalog_uri(postgres_db), "warehouse": (tmp_path / "wh").as_uri()}
-    Lakehouse("c", props, "rag").table(VECTOR_INDEX)
-    ctx = mp.get_context("spawn")
-    shards = [f"s{i:02d}" for i in range(16)]
-    procs = [ctx.Process(target=_commit_partition, args=(props, s)) for s in shards]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0] * len(shards)
-    lake = Lakehouse("c", props, "rag")
-    assert all(lake.read_partition(VECTOR_INDEX, s).num_rows == 3 for s in shards)
-    assert len(lake.table(VECTOR_INDEX).history()) == len(shards)  # one commit per shard, none lost or doubled
+    commit_shards_at_once({"type": "sql", "uri": catalog_uri(postgres_db), "warehouse": (tmp_path / "wh").as_uri()}, 16)
