@@ -5,7 +5,6 @@ database made for this test), so the shipped production config is what is tested
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
