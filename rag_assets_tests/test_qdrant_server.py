@@ -1,0 +1,123 @@
+"""Qdrant server mode: the settings, the collection it creates, and the refusals.
+
+No Qdrant server can be installed on these machines (it is not on PyPI, Debian or npm), so the data
+path runs on qdrant-client's in-process engine (same API), and what a server is *asked* is checked on
+the wire: a loopback HTTP endpoint records the requests, as the ECS test does with moto.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+from qdrant_client import models
+
+from rag_assets.config import Settings
+from rag_assets.index import CollectionMismatch, Point, ServerIndex, point_id_for
+from rag_assets.resources import build_resources
+from rag_assets_tests.conftest import make_env
+
+REPLIES = {  # (method, path) -> Qdrant REST `result`
+    ("GET", "/"): None,
+    ("GET", "/collections/docs/exists"): {"exists": False},
+    ("PUT", "/collections/docs"): True,
+    ("PUT", "/collections/docs/index"): {"operation_id": 1, "status": "completed"},
+}
+
+
+@pytest.fixture
+def recorder():
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self):
+            path = self.path.split("?")[0]
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append({"method": self.command, "path": path, "headers": dict(self.headers), "body": json.loads(body) if body else None})
+            if path == "/":
+                payload = {"title": "qdrant", "version": "1.15.0"}
+            else:
+                payload = {"result": REPLIES[(self.command, path)], "status": "ok", "time": 0.0}
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = _reply
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_settings_reach_the_resource_and_the_api_key_stays_an_env_var(tmp_path, monkeypatch):
+    make_env(
+        tmp_path, monkeypatch, RAG_QDRANT_URL="https://qdrant.internal:6333", RAG_QDRANT_API_KEY="s3cr3t-key",
+        RAG_QDRANT_PREFER_GRPC="true", RAG_QDRANT_GRPC_PORT="7334", RAG_QDRANT_BATCH_SIZE="128",
+        RAG_QDRANT_PARALLEL="4", RAG_QDRANT_TIMEOUT="15",
+    )
+    qdrant = build_resources(Settings.from_env())["qdrant"]
+    assert (qdrant.url, qdrant.prefer_grpc, qdrant.grpc_port, qdrant.batch_size, qdrant.parallel, qdrant.timeout) == (
+        "https://qdrant.internal:6333", True, 7334, 128, 4, 15,
+    )
+    # The key is a reference to the variable, resolved at run time: it never lands in the run's config.
+    assert qdrant.api_key == dg.EnvVar("RAG_QDRANT_API_KEY")
+    client = qdrant.model_copy(update={"api_key": "s3cr3t-key"}).index().client
+    assert client._client._prefer_grpc and client._client._grpc_port == 7334 and client._client._api_key == "s3cr3t-key"
+
+    monkeypatch.setenv("RAG_QDRANT_PREFER_GRPC", "maybe")
+    with pytest.raises(ValueError, match="RAG_QDRANT_PREFER_GRPC must be true or false"):
+        Settings.from_env()
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection", "ignore:Failed to obtain server version")
+def test_server_is_asked_for_the_right_collection_and_payload_indexes_with_the_api_key(recorder):
+    url, seen = recorder
+    with ServerIndex(url, "docs", api_key="k-123").session() as session:
+        session.ensure_collection(384)
+    calls = [(c["method"], c["path"]) for c in seen if c["path"] != "/"]
+    assert calls[:2] == [("GET", "/collections/docs/exists"), ("PUT", "/collections/docs")]
+    assert all(c["headers"].get("api-key") == "k-123" for c in seen)
+    create = next(c["body"] for c in seen if (c["method"], c["path"]) == ("PUT", "/collections/docs"))
+    assert create["vectors"] == {"size": 384, "distance": "Cosine"}
+    indexes = {c["body"]["field_name"]: c["body"]["field_schema"] for c in seen if c["path"] == "/collections/docs/index"}
+    assert indexes == {
+        "shard": {"type": "keyword", "is_tenant": True},
+        "model": {"type": "keyword", "is_tenant": False},
+        "doc_id": {"type": "keyword", "is_tenant": False},
+    }
+
+
+def test_upserts_in_batches_and_parallel_land_every_point():
+    index = ServerIndex(":memory:", "batched", batch_size=7, parallel=2)
+    points = [Point(point_id_for(f"c{i}"), [float(i % 5), 1.0, 0.5, 0.25], {"shard": f"s{i % 3}", "chunk_hash": str(i), "model": "m"})
+              for i in range(100)]
+    with index.session() as session:
+        session.ensure_collection(4)
+        session.upsert(points)
+        session.upsert(points[:10])  # idempotent: the same ids are overwritten, not added
+        assert session.count() == 100 and session.shard_counts() == {"s0": 34, "s1": 33, "s2": 33}
+        assert session.shard_points("s1") == {p.id: p.payload["chunk_hash"] for p in points if p.payload["shard"] == "s1"}
+
+
+@pytest.mark.parametrize(
+    "existing, found",
+    [
+        (models.VectorParams(size=16, distance=models.Distance.COSINE), "16-d Cosine vectors"),
+        (models.VectorParams(size=384, distance=models.Distance.EUCLID), "384-d Euclid vectors"),
+        ({"text": models.VectorParams(size=384, distance=models.Distance.COSINE)}, "named or multiple vectors"),
+    ],
+)
+def test_an_existing_collection_that_cannot_hold_the_models_vectors_is_refused(existing, found):
+    index = ServerIndex(":memory:", f"existing_{abs(hash(found))}")
+    index.client.create_collection(index.collection, vectors_config=existing)
+    with index.session() as session, pytest.raises(CollectionMismatch) as err:
+        session.ensure_collection(384)
+    assert found in str(err.value) and "384-d cosine" in str(err.value) and "RAG_QDRANT_COLLECTION" in str(err.value)
