@@ -249,7 +249,8 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
         row_of.update({h: offset + i for i, h in enumerate(texts)})
         context.log.info(f"embedded {len(texts)} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
 
-    vecs = pa.concat_tables([t.cast(found[0].schema) for t in found]).take([row_of[c["chunk_hash"]] for c in wanted])
+    rows = pa.array([row_of[c["chunk_hash"]] for c in wanted], pa.int64())  # typed: a shard may have no chunks
+    vecs = pa.concat_tables([t.cast(found[0].schema) for t in found]).take(rows)
     n = len(wanted)
     table = pa.table(
         {
