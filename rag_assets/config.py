@@ -102,6 +102,8 @@ class Settings:
     qdrant_batch_size: int  # points per upsert/delete request
     qdrant_parallel: int  # upsert requests in flight (qdrant-client upload_points processes); server mode
     qdrant_timeout: int  # seconds per request
+    qdrant_retries: int  # retries of a failed server call (connection, timeout, 429, 5xx), backing off
+    qdrant_retry_max_wait: int  # seconds: the longest pause between two tries
     embed_model: str
     embed_device: str
     embed_batch_size: int
@@ -132,6 +134,8 @@ class Settings:
             qdrant_batch_size=_env_int("RAG_QDRANT_BATCH_SIZE", 256),
             qdrant_parallel=_env_int("RAG_QDRANT_PARALLEL", 1),
             qdrant_timeout=_env_int("RAG_QDRANT_TIMEOUT", 60),
+            qdrant_retries=_env_int("RAG_QDRANT_RETRIES", 5),
+            qdrant_retry_max_wait=_env_int("RAG_QDRANT_RETRY_MAX_WAIT", 30),
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
             embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),

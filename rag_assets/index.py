@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
 INDEXED_FIELDS = ("shard", "model", "doc_id")
 FACET_LIMIT = 1_000_000  # more distinct shards than any collection holds
@@ -230,6 +233,69 @@ class EdgeSession(IndexSession):
 # Qdrant server (or qdrant-client's in-process mode for tests)
 
 
+class IndexUnavailable(RuntimeError):
+    """The Qdrant server did not answer, even after retries with backoff."""
+
+
+def _transient(exc: BaseException) -> bool:
+    """Connection failures, timeouts, 429 and 5xx: worth another try. Anything else is final."""
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(exc, ResponseHandlingException):  # wraps httpx connect/read errors and timeouts
+        return True
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in (429, 500, 502, 503, 504)
+    try:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    except ImportError:  # pragma: no cover - grpc ships with qdrant-client
+        pass
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+class _RetryingClient:
+    """A QdrantClient whose calls retry transient failures with exponential backoff and jitter
+    (tenacity), then raise IndexUnavailable naming the server, the attempts and the last error."""
+
+    def __init__(self, client, url: str, attempts: int, max_wait: float):
+        self._client, self._url, self._attempts, self._max_wait = client, url, attempts, max_wait
+
+    def __getattr__(self, name: str):
+        import tenacity
+
+        call = getattr(self._client, name)
+        if not callable(call):
+            return call
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            log.warning(f"Qdrant {name} at {self._url} failed ({state.outcome.exception()!r}); "
+                        f"retry {state.attempt_number}/{self._attempts - 1} in {state.next_action.sleep:.1f}s")
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient),
+            stop=tenacity.stop_after_attempt(self._attempts),
+            wait=tenacity.wait_exponential_jitter(initial=min(1.0, self._max_wait), max=self._max_wait),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+        def with_retries(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return retrying(call, *args, **kwargs)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                raise IndexUnavailable(
+                    f"Qdrant server {self._url} unreachable: {name} failed {self._attempts} times over "
+                    f"{time.monotonic() - started:.0f}s; last error: {exc!r}"
+                ) from exc
+
+        return with_retries
+
+
 @functools.lru_cache(maxsize=8)
 def _client(location: str, api_key: str | None, prefer_grpc: bool, grpc_port: int, timeout: int):
     from qdrant_client import QdrantClient
@@ -246,9 +312,10 @@ class ServerIndex(VectorIndex):
     def __init__(
         self, url: str, collection: str, *, api_key: str | None = None, prefer_grpc: bool = False,
         grpc_port: int = 6334, batch_size: int = 256, parallel: int = 1, timeout: int = 60,
+        retries: int = 5, max_retry_wait: float = 30.0,
     ):
         self.collection = collection
-        self.client = _client(url, api_key, prefer_grpc, grpc_port, timeout)
+        self.client = _RetryingClient(_client(url, api_key, prefer_grpc, grpc_port, timeout), url, retries + 1, max_retry_wait)
         self.batch_size = batch_size
         self.parallel = parallel
 

@@ -96,12 +96,15 @@ class QdrantResource(dg.ConfigurableResource):
     batch_size: int = 256
     parallel: int = 1
     timeout: int = 60
+    retries: int = 5
+    retry_max_wait: int = 30
 
     def index(self) -> VectorIndex:
         if self.url:
             return ServerIndex(
                 self.url, self.collection, api_key=self.api_key, prefer_grpc=self.prefer_grpc, grpc_port=self.grpc_port,
                 batch_size=self.batch_size, parallel=self.parallel, timeout=self.timeout,
+                retries=self.retries, max_retry_wait=self.retry_max_wait,
             )
         return EdgeIndex(Path(self.path), self.collection, self.batch_size)
 
@@ -136,5 +139,7 @@ def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
             batch_size=settings.qdrant_batch_size,
             parallel=settings.qdrant_parallel,
             timeout=settings.qdrant_timeout,
+            retries=settings.qdrant_retries,
+            retry_max_wait=settings.qdrant_retry_max_wait,
         ),
     }

@@ -6,17 +6,22 @@ the wire: a loopback HTTP endpoint records the requests, as the ECS test does wi
 """
 
 import json
+import logging
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
 from qdrant_client import models
 
+from rag_assets.assets import SHARD_ASSETS
 from rag_assets.config import Settings
 from rag_assets.index import CollectionMismatch, Point, ServerIndex, point_id_for
 from rag_assets.resources import build_resources
-from rag_assets_tests.conftest import make_env
+from rag_assets.tables import CHUNKS, EMBEDDINGS, VECTOR_INDEX
+from rag_assets_tests.conftest import make_env, write_corpus
 
 REPLIES = {  # (method, path) -> Qdrant REST `result`
     ("GET", "/"): None,
@@ -36,7 +41,7 @@ def recorder():
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             seen.append({"method": self.command, "path": path, "headers": dict(self.headers), "body": json.loads(body) if body else None})
             if path == "/":
-                payload = {"title": "qdrant", "version": "1.15.0"}
+                payload = {"title": "qdrant", "version": "1.20.0"}
             else:
                 payload = {"result": REPLIES[(self.command, path)], "status": "ok", "time": 0.0}
             data = json.dumps(payload).encode()
@@ -57,6 +62,7 @@ def recorder():
     server.shutdown()
 
 
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # qdrant.internal does not resolve here
 def test_settings_reach_the_resource_and_the_api_key_stays_an_env_var(tmp_path, monkeypatch):
     make_env(
         tmp_path, monkeypatch, RAG_QDRANT_URL="https://qdrant.internal:6333", RAG_QDRANT_API_KEY="s3cr3t-key",
@@ -69,8 +75,8 @@ def test_settings_reach_the_resource_and_the_api_key_stays_an_env_var(tmp_path, 
     )
     # The key is a reference to the variable, resolved at run time: it never lands in the run's config.
     assert qdrant.api_key == dg.EnvVar("RAG_QDRANT_API_KEY")
-    client = qdrant.model_copy(update={"api_key": "s3cr3t-key"}).index().client
-    assert client._client._prefer_grpc and client._client._grpc_port == 7334 and client._client._api_key == "s3cr3t-key"
+    remote = qdrant.model_copy(update={"api_key": "s3cr3t-key"}).index().client._client._client  # retrying -> QdrantClient -> remote
+    assert remote._prefer_grpc and remote._grpc_port == 7334 and remote._api_key == "s3cr3t-key"
 
     monkeypatch.setenv("RAG_QDRANT_PREFER_GRPC", "maybe")
     with pytest.raises(ValueError, match="RAG_QDRANT_PREFER_GRPC must be true or false"):
@@ -121,3 +127,36 @@ def test_an_existing_collection_that_cannot_hold_the_models_vectors_is_refused(e
     with index.session() as session, pytest.raises(CollectionMismatch) as err:
         session.ensure_collection(384)
     assert found in str(err.value) and "384-d cosine" in str(err.value) and "RAG_QDRANT_COLLECTION" in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_an_unreachable_server_is_retried_with_backoff_then_fails_clearly_and_iceberg_stays_consistent(tmp_path, monkeypatch, caplog):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = make_env(tmp_path, monkeypatch, RAG_QDRANT_URL=dead, RAG_QDRANT_RETRIES="3", RAG_QDRANT_RETRY_MAX_WAIT="1",
+                   RAG_QDRANT_COLLECTION="retry_test")
+    write_corpus(env.source)
+    instance = env.instance()
+    instance.add_dynamic_partitions("shards", ["beta"])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="rag_assets.index"):
+        result = dg.materialize(SHARD_ASSETS, partition_key="beta", instance=instance, resources=env.resources(), raise_on_error=False)
+    assert not result.success and time.monotonic() - started > 1.5  # it waited between tries
+    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "vector_index")
+    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else failure.step_failure_data.error.message
+    assert f"Qdrant server {dead} unreachable" in message and "failed 4 times" in message
+    assert [r.getMessage() for r in caplog.records if "retry" in r.getMessage()][-1].count("retry 3/3") == 1
+
+    # Iceberg is consistent: the steps before the index committed, vector_index committed nothing.
+    lake = env.resources()["iceberg"].lakehouse()
+    assert lake.read_partition(EMBEDDINGS, "beta").num_rows == lake.read_partition(CHUNKS, "beta").num_rows > 0
+    assert lake.read_partition(VECTOR_INDEX, "beta").num_rows == 0
+
+    # The server is back (here: the in-process engine): the same partition completes without re-embedding.
+    monkeypatch.setenv("RAG_QDRANT_URL", ":memory:")
+    result = dg.materialize(SHARD_ASSETS, partition_key="beta", instance=instance, resources=env.resources())
+    assert result.success
+    embedded = next(m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey("embeddings"))
+    assert embedded.materialization.metadata["embedded"].value == 0
+    assert lake.read_partition(VECTOR_INDEX, "beta").num_rows == lake.read_partition(CHUNKS, "beta").num_rows
