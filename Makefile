@@ -1,6 +1,8 @@
 # Two commands from a fresh clone: `make demo` and `make test`. Everything else is optional.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# cfn-lint and checkov (infra/ tests) live in their own venv: their pins clash with the project's.
+INFRA_VENV ?= .venv-infra
 export RAG_HOME ?= $(CURDIR)/.rag
 export DAGSTER_HOME ?= $(RAG_HOME)/dagster
 
@@ -14,7 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+$(INFRA_VENV)/.installed: infra/requirements-lint.txt
+	python3 -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INFRA_VENV)/bin/python -m pip install -q -r infra/requirements-lint.txt
+	touch $@
+
+install: $(VENV)/.installed $(INFRA_VENV)/.installed
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
