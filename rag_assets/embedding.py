@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_assets.faults import failpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -194,4 +196,5 @@ class Embedder:
                 features = {k: v.to(self.device, non_blocking=True) if hasattr(v, "to") else v for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]
                 out[rows.to(self.device, non_blocking=True)] = torch.nn.functional.normalize(emb.float(), dim=1).to(self.dtype)
+                failpoint("embed.batch")
         return out.float().cpu().numpy()  # the one host sync

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag_assets.faults import failpoint
+
 log = logging.getLogger(__name__)
 POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
 INDEXED_FIELDS = ("shard", "model", "doc_id")
@@ -185,6 +187,7 @@ class EdgeSession(IndexSession):
                 UpdateOperation.upsert_points([EdgePoint(p.id, list(map(float, p.vector)), p.payload) for p in batch])
             )
             self.dirty = True
+            failpoint("index.upsert_batch")
 
     def delete(self, ids: Sequence[str]) -> None:
         from qdrant_edge import UpdateOperation
