@@ -1,0 +1,54 @@
+"""Settings from the environment: catalog selection by configuration, and secrets kept out of config."""
+
+import pytest
+
+from rag_assets.config import Settings
+from rag_assets.resources import build_resources
+from rag_assets_tests.conftest import make_env
+
+
+def iceberg(tmp_path, monkeypatch, **env: str):
+    make_env(tmp_path, monkeypatch, **env)
+    settings = Settings.from_env()
+    return settings.iceberg_properties, settings.iceberg_secret_env
+
+
+def test_default_is_sqlite_with_a_local_warehouse(tmp_path, monkeypatch):
+    props, secrets = iceberg(tmp_path, monkeypatch)
+    assert props == {"type": "sql", "uri": f"sqlite:///{tmp_path / 'rag' / 'catalog.db'}",
+                     "warehouse": (tmp_path / "rag" / "warehouse").as_uri()}
+    assert secrets == {}
+
+
+def test_rest_catalog_gets_no_sql_defaults_and_its_credential_stays_a_variable(tmp_path, monkeypatch):
+    props, secrets = iceberg(
+        tmp_path, monkeypatch, RAG_ICEBERG_TYPE="rest", RAG_ICEBERG_URI="https://catalog.example.com/api/catalog",
+        RAG_ICEBERG_WAREHOUSE="analytics", RAG_ICEBERG_CREDENTIAL="client-id:client-secret",
+        RAG_ICEBERG_HEADER__X_ICEBERG_ACCESS_DELEGATION="vended-credentials",
+    )
+    assert props == {"type": "rest", "uri": "https://catalog.example.com/api/catalog", "warehouse": "analytics",
+                     "header.x-iceberg-access-delegation": "vended-credentials"}
+    assert secrets == {"credential": "RAG_ICEBERG_CREDENTIAL"}
+    resource = build_resources(Settings.from_env())["iceberg"]
+    assert "client-secret" not in resource.model_dump_json()
+
+
+def test_glue_catalog_and_s3_keys(tmp_path, monkeypatch):
+    props, secrets = iceberg(
+        tmp_path, monkeypatch, RAG_ICEBERG_TYPE="glue", RAG_ICEBERG_GLUE__REGION="eu-central-1",
+        RAG_ICEBERG_WAREHOUSE="s3://lake/warehouse", RAG_ICEBERG_S3__ACCESS_KEY_ID="AKIAEXAMPLE",
+        RAG_ICEBERG_S3__SECRET_ACCESS_KEY="wJalrXUtnFEMI", RAG_ICEBERG_S3__SESSION_TOKEN="FwoGZXIvYXdz",
+    )
+    assert props == {"type": "glue", "glue.region": "eu-central-1", "warehouse": "s3://lake/warehouse",
+                     "s3.access-key-id": "AKIAEXAMPLE"}
+    assert secrets == {"s3.secret-access-key": "RAG_ICEBERG_S3__SECRET_ACCESS_KEY", "s3.session-token": "RAG_ICEBERG_S3__SESSION_TOKEN"}
+
+
+def test_a_password_in_the_catalog_uri_is_read_only_where_the_catalog_opens(tmp_path, monkeypatch):
+    props, secrets = iceberg(tmp_path, monkeypatch, RAG_ICEBERG_URI="postgresql+psycopg2://rag:hunter2@db:5432/rag")
+    assert "uri" not in props and secrets == {"uri": "RAG_ICEBERG_URI"}
+    resource = build_resources(Settings.from_env())["iceberg"]
+    assert "hunter2" not in resource.model_dump_json()
+    monkeypatch.delenv("RAG_ICEBERG_URI")  # e.g. a run worker started without the secret
+    with pytest.raises(RuntimeError, match="RAG_ICEBERG_URI"):
+        resource.lakehouse()
