@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag_assets.sync import run_sync
 from rag_assets.tables import ALL_TABLES, EMBEDDINGS, RAW_DOCUMENTS, VECTOR_INDEX
 from rag_assets_tests.conftest import make_env
 from rag_assets_tests.test_incremental import article, write_docs
@@ -63,7 +64,7 @@ def clean_state(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         env = make_env(tmp_path_factory.mktemp("clean"), mp, **SMALL_BATCHES)
         write_source(env.source)
-        assert sync().returncode == 0
+        assert run_sync(env.instance(), env.resources()).as_json()["totals"]["failed"] == 0  # in-process: the same runs
         yield state(env), env.source
 
 

@@ -2,6 +2,7 @@
 infra/dagster.ecs.yaml) and the Iceberg SQL catalog, by configuration only."""
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,6 @@ from rag_assets.cli import main
 from rag_assets.sync import run_sync
 from rag_assets.tables import ALL_TABLES
 from rag_assets_tests.conftest import PG, make_env, write_corpus
-from rag_assets_tests.test_concurrency_and_server import commit_shards_at_once
 
 ROOT = Path(__file__).parents[1]
 
@@ -44,31 +44,28 @@ def test_sync_with_instance_and_catalog_on_postgres(tmp_path, monkeypatch, postg
     assert {r["status"] for r in again["shards"].values()} == {"unchanged"}
 
 
-def test_sixteen_processes_commit_different_shards_of_one_table_on_postgres(tmp_path, postgres_db):
-    (tmp_path / "wh").mkdir()
-    commit_shards_at_once({"type": "sql", "uri": catalog_uri(postgres_db), "warehouse": (tmp_path / "wh").as_uri()}, 16)
-
-
 def _materialize_shard(shard: str) -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore")
     from rag_assets.assets import SHARD_ASSETS
     from rag_assets.resources import build_resources
 
     result = dg.materialize(SHARD_ASSETS, partition_key=shard, instance=dg.DagsterInstance.get(), resources=build_resources(),
                             raise_on_error=False)
-    raise SystemExit(0 if result.success else 1)
+    os._exit(0 if result.success else 1)
 
 
 def test_sixteen_shard_runs_at_once_all_land(tmp_path, monkeypatch, postgres_db):
-    """16 processes each run one shard's four assets at the same moment (instance and catalog on
-    PostgreSQL): every commit lands, every shard's rows and points are complete, none doubled."""
+    """16 shard runs of the four assets in 16 processes at the same moment (instance and catalog on
+    PostgreSQL, tables not yet created): every commit lands, every shard's rows and points are complete,
+    none doubled. The processes are forked after the heavy imports (torch, sentence-transformers,
+    dagster), so 2 cores do not spend minutes importing; each loads the model and opens its own
+    connections itself. (Runs as threads of one process deadlock inside Dagster's logging.)
+    """
     import multiprocessing as mp
 
-    from rag_assets.tables import CHUNKS, EMBEDDINGS, VECTOR_INDEX
+    import sentence_transformers  # noqa: F401 - imported before the fork, used by the children
+    import torch  # noqa: F401
 
-    env = make_env(tmp_path, monkeypatch, RAG_ICEBERG_URI=catalog_uri(postgres_db), RAG_EMBED_BATCH_SIZE="8")
+    env = make_env(tmp_path, monkeypatch, RAG_ICEBERG_URI=catalog_uri(postgres_db))
     config = yaml.safe_load((ROOT / "infra" / "dagster.ecs.yaml").read_text())
     (env.dagster_home / "dagster.yaml").write_text(yaml.safe_dump({k: config[k] for k in ("telemetry", "storage")}))
     shards = [f"s{i:02d}" for i in range(16)]
@@ -76,25 +73,19 @@ def test_sixteen_shard_runs_at_once_all_land(tmp_path, monkeypatch, postgres_db)
         (env.source / shard).mkdir()
         (env.source / shard / "note.md").write_text(f"# Note {i}\n\nShard {shard} keeps {i} lanterns by the harbour wall.\n")
     env.instance().add_dynamic_partitions("shards", shards)
-    for spec in ALL_TABLES:  # created once up front, as the first sync does; the race is about commits
-        env.resources()["iceberg"].lakehouse().table(spec)
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_materialize_shard, args=(s,)) for s in shards]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(420)
+        p.join(300)
     assert [p.exitcode for p in procs] == [0] * len(shards)
 
     lake = env.resources()["iceberg"].lakehouse()
-    for spec in (CHUNKS, EMBEDDINGS, VECTOR_INDEX):
-        counts = dict(zip(*pa_counts(lake.table(spec).scan(selected_fields=("shard",)).to_arrow()["shard"])))
-        assert counts == {s: 1 for s in shards}, spec.name
+    for spec in ALL_TABLES:
+        if spec.name != "quarantine":
+            shard_column = lake.table(spec).scan(selected_fields=("shard",)).to_arrow()["shard"].to_pylist()
+            assert sorted(shard_column) == shards, spec.name  # one row per shard: none lost, none doubled
     status = json.loads(CliRunner().invoke(main, ["status", "--json"]).stdout)["shards"]
     assert set(status) == set(shards) and all(row["in_sync"] and row["points"] == 1 for row in status.values())
-
-
-def pa_counts(column):
-    counts = column.value_counts()
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
