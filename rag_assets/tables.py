@@ -118,7 +118,19 @@ class WriteResult:
 
 @functools.lru_cache(maxsize=4)
 def _catalog(name: str, properties: tuple[tuple[str, str], ...]) -> Catalog:
-    return load_catalog(name, **dict(properties))
+    """The catalog client. A SQL catalog creates its own tables on first use; on PostgreSQL, processes
+    doing that at the same moment collide in `CREATE TABLE IF NOT EXISTS` (a unique violation on
+    pg_type, seen with 16 shard runs starting together), so the loser retries and then finds them."""
+    import tenacity
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type((IntegrityError, ProgrammingError)),
+        stop=tenacity.stop_after_attempt(5),
+        wait=tenacity.wait_random(0.05, 0.5),
+        reraise=True,
+    )
+    return retrying(load_catalog, name, **dict(properties))
 
 
 class Lakehouse:
@@ -142,6 +154,11 @@ class Lakehouse:
             self.catalog.create_namespace(self.namespace)
         except NamespaceAlreadyExistsError:
             pass
+        except Exception:
+            # Lost a race to another creator: the SQL catalog on PostgreSQL reports it as a unique
+            # violation rather than NamespaceAlreadyExistsError (seen with 16 shard runs starting at once).
+            if not self.catalog.namespace_exists(self.namespace):
+                raise
         try:
             return self.catalog.create_table(ident, schema=spec.schema, partition_spec=SHARD_PARTITION, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:

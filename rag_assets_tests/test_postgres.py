@@ -53,6 +53,28 @@ def _materialize_shard(shard: str) -> None:
     os._exit(0 if result.success else 1)
 
 
+def run_shards_at_once(shards: list[str]) -> None:
+    """Entry point of a fresh interpreter: import the heavy modules once, fork one process per shard,
+    exit non-zero unless every run succeeded. Forking from pytest's own process is unsafe once an earlier
+    test has run torch (its OpenMP pool does not survive a fork); this interpreter never runs torch."""
+    import multiprocessing as mp
+
+    import sentence_transformers  # noqa: F401 - imported before the fork, used by the children
+    import torch  # noqa: F401
+
+    import rag_assets.assets  # noqa: F401
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_materialize_shard, args=(s,)) for s in shards]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    codes = [p.exitcode for p in procs]
+    print(json.dumps(codes))
+    raise SystemExit(0 if codes == [0] * len(shards) else 1)
+
+
 def test_sixteen_shard_runs_at_once_all_land(tmp_path, monkeypatch, postgres_db):
     """16 shard runs of the four assets in 16 processes at the same moment (instance and catalog on
     PostgreSQL, tables not yet created): every commit lands, every shard's rows and points are complete,
@@ -60,10 +82,8 @@ def test_sixteen_shard_runs_at_once_all_land(tmp_path, monkeypatch, postgres_db)
     dagster), so 2 cores do not spend minutes importing; each loads the model and opens its own
     connections itself. (Runs as threads of one process deadlock inside Dagster's logging.)
     """
-    import multiprocessing as mp
-
-    import sentence_transformers  # noqa: F401 - imported before the fork, used by the children
-    import torch  # noqa: F401
+    import subprocess
+    import sys
 
     env = make_env(tmp_path, monkeypatch, RAG_ICEBERG_URI=catalog_uri(postgres_db))
     config = yaml.safe_load((ROOT / "infra" / "dagster.ecs.yaml").read_text())
@@ -74,13 +94,10 @@ def test_sixteen_shard_runs_at_once_all_land(tmp_path, monkeypatch, postgres_db)
         (env.source / shard / "note.md").write_text(f"# Note {i}\n\nShard {shard} keeps {i} lanterns by the harbour wall.\n")
     env.instance().add_dynamic_partitions("shards", shards)
 
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_materialize_shard, args=(s,)) for s in shards]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0] * len(shards)
+    code = f"from rag_assets_tests.test_postgres import run_shards_at_once; run_shards_at_once({shards!r})"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=420)
+    failures = [line for line in out.stderr.splitlines() if "STEP_FAILURE" in line or "Error" in line]
+    assert out.returncode == 0, (out.stdout[-1000:], failures[:20])
 
     lake = env.resources()["iceberg"].lakehouse()
     for spec in ALL_TABLES:
