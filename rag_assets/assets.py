@@ -10,14 +10,17 @@ import datetime as dt
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
-import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import EqualTo
+import pyarrow.compute as pc
+from pyiceberg.expressions import EqualTo, In
 
 from rag_assets.launcher import GPU_POOL, GPU_TAG
 from rag_assets.index import CollectionMismatch, Point, point_id_for
@@ -60,18 +63,21 @@ def table_metadata(spec: TableSpec, result: WriteResult, started: float, **count
     }
 
 
-def by_key(rows: pa.Table, key: str) -> dict[str, list[dict]]:
-    """Rows grouped by one column's value, in table order."""
-    grouped: dict[str, list[dict]] = {}
-    for row in rows.to_pylist():
-        grouped.setdefault(row[key], []).append(row)
-    return grouped
-
-
 def carried(previous: pa.Table, key: str, match: str, stamp: str) -> dict[str, tuple[str, dt.datetime]]:
     """key -> (match value, timestamp) from the partition's previous rows (read with just these columns)."""
-    return {r[key]: (r[match], r[stamp]) for r in previous.to_pylist()}
+    return dict(zip(previous[key].to_pylist(), zip(previous[match].to_pylist(), previous[stamp].to_pylist())))
 
+
+def column_pairs(rows: pa.Table, key: str, value: str) -> dict:
+    return dict(zip(rows[key].to_pylist(), rows[value].to_pylist()))
+
+
+# Memory: every step streams its partition through in batches (documents, chunks, vectors) and writes it
+# with `Lakehouse.writer`, so what a step holds grows only with its narrow per-row state (ids and hashes,
+# ~100-300 B per document or chunk), never with the text or the vectors. See benchmarks/RESULTS.md.
+DOCUMENT_BATCH = 256  # documents parsed before they are handed to the table writer
+EMBED_WINDOW = 4096  # chunk texts sent to the model per call (~4 MB of text, 6 MB of 384-d vectors)
+POINT_BATCH = 1024  # points built and upserted at a time
 
 # ---------------------------------------------------------------------------------------------------
 
@@ -92,59 +98,82 @@ def raw_documents(
     lake = iceberg.lakehouse()
     # A file whose size and version (mtime or ETag) are unchanged keeps its previous rows (documents and
     # quarantine alike) without being read again: only new or modified files cost a read.
-    previous_rows = by_key(lake.read_partition(RAW_DOCUMENTS, shard), "source_uri")
-    previous_rejects = by_key(lake.read_partition(QUARANTINE, shard), "source_uri")
-    previous = {d["doc_id"]: (d["content_hash"], d["ingested_at"]) for rows in previous_rows.values() for d in rows}
+    old = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash", "ingested_at", "source_uri", "source_size", "source_version"))
+    previous = carried(old, "doc_id", "content_hash", "ingested_at")
+    old_versions: dict[str, set[tuple]] = {}
+    for uri, size, version in zip(*(old[c].to_pylist() for c in ("source_uri", "source_size", "source_version"))):
+        old_versions.setdefault(uri, set()).add((size, version))
+    del old
+    previous_rejects: dict[str, list[dict]] = {}
+    for r in lake.read_partition(QUARANTINE, shard).to_pylist():  # one small row per rejected input
+        previous_rejects.setdefault(r["source_uri"], []).append(r)
     limit = source.max_document_mb * 1024 * 1024
-    docs, rejects, stamp, files_read = [], [], now(), 0
+    rejects, stamp, files_read = [], now(), 0
+    written: dict[str, str] = {}  # doc_id -> content_hash of every document in the new partition
 
     def reject(uri: str, record: str, reason: str, detail: str) -> None:
         rejects.append({"shard": shard, "source_uri": uri, "record": record, "reason": reason, "detail": detail})
 
-    to_read = []
+    to_read, unchanged = [], set()
     for f in listing.files:
         uri = src.uri(f.path)
         if f.rejected:
             reject(uri, "", "unreadable", f.rejected)
         elif f.size > limit:
             reject(uri, "", "too_large", f"{f.size} bytes > {source.max_document_mb} MiB limit")
-        elif (kept := previous_rows.get(uri)) and all(
-            d["source_size"] == f.size and d["source_version"] == f.version for d in kept
-        ):
-            docs.extend(kept)
+        elif old_versions.get(uri) == {(f.size, f.version)}:
+            unchanged.add(uri)
             rejects.extend(previous_rejects.get(uri, []))
         else:
             to_read.append(f)
-    for f, data in src.read_many(to_read):  # streamed: only a few files' bytes are held at a time
-        uri = src.uri(f.path)
-        files_read += 1
-        if isinstance(data, OSError):  # vanished or unreadable since listing
-            reject(uri, "", "unreadable", f"{type(data).__name__}: {data.strerror or data}")
-            continue
-        for item in parse_file(f.path, data, source.fields):
-            if not isinstance(item, Document):
-                reject(uri, item.record, item.reason, item.detail)
+
+    with lake.writer(RAW_DOCUMENTS, shard) as out:
+
+        def add(rows: pa.Table | list[dict]) -> None:
+            rows = pa.Table.from_pylist(rows, RAW_DOCUMENTS.arrow_schema) if isinstance(rows, list) else rows
+            out.add(rows)
+            written.update(column_pairs(rows, "doc_id", "content_hash"))
+
+        if unchanged:  # copied over from the previous partition a batch at a time
+            keep = pa.array(sorted(unchanged), pa.string())
+            for batch in lake.partition_batches(RAW_DOCUMENTS, shard):
+                add(batch.filter(pc.is_in(batch["source_uri"], value_set=keep)))
+        pending: list[dict] = []
+        for f, data in src.read_many(to_read):  # streamed: only a few files' bytes are held at a time
+            uri = src.uri(f.path)
+            files_read += 1
+            if isinstance(data, OSError):  # vanished or unreadable since listing
+                reject(uri, "", "unreadable", f"{type(data).__name__}: {data.strerror or data}")
                 continue
-            old_hash, old_stamp = previous.get(item.doc_id, (None, None))
-            docs.append(
-                {
-                    "shard": shard, "doc_id": item.doc_id, "title": item.title, "text": item.text,
-                    "metadata": item.metadata, "content_hash": item.content_hash, "source_uri": uri,
-                    "source_size": f.size, "source_version": f.version,
-                    "ingested_at": old_stamp if old_hash == item.content_hash else stamp,
-                }
-            )
-    result = lake.replace_partition(RAW_DOCUMENTS, shard, pa.Table.from_pylist(docs, RAW_DOCUMENTS.arrow_schema))
+            for item in parse_file(f.path, data, source.fields):
+                if not isinstance(item, Document):
+                    reject(uri, item.record, item.reason, item.detail)
+                    continue
+                old_hash, old_stamp = previous.get(item.doc_id, (None, None))
+                pending.append(
+                    {
+                        "shard": shard, "doc_id": item.doc_id, "title": item.title, "text": item.text,
+                        "metadata": item.metadata, "content_hash": item.content_hash, "source_uri": uri,
+                        "source_size": f.size, "source_version": f.version,
+                        "ingested_at": old_stamp if old_hash == item.content_hash else stamp,
+                    }
+                )
+                if len(pending) >= DOCUMENT_BATCH:
+                    add(pending)
+                    pending = []
+            del data
+        add(pending)
+        result = out.commit()
     lake.replace_partition(QUARANTINE, shard, pa.Table.from_pylist(rejects, QUARANTINE.arrow_schema))
-    changed = sum(1 for d in docs if previous.get(d["doc_id"], (None,))[0] != d["content_hash"])
+    changed = sum(1 for doc_id, h in written.items() if previous.get(doc_id, (None,))[0] != h)
     if rejects:
         context.log.warning(f"{len(rejects)} inputs of shard {shard!r} quarantined: {dict(Counter(r['reason'] for r in rejects))}")
     return dg.MaterializeResult(
         metadata=table_metadata(
             RAW_DOCUMENTS, result, started,
-            documents=len(docs),
+            documents=len(written),
             new_or_changed_documents=changed,
-            removed_documents=len(set(previous) - {d["doc_id"] for d in docs}),
+            removed_documents=len(previous.keys() - written.keys()),
             quarantined=len(rejects),
             quarantine_reasons=dg.MetadataValue.json(dict(Counter(r["reason"] for r in rejects))),
             source_files=len(listing.files),
@@ -152,7 +181,7 @@ def raw_documents(
             source_bytes=listing.total_bytes,
             source_fingerprint=listing.fingerprint,
         ),
-        data_version=dg.DataVersion(digest([(d["doc_id"], d["content_hash"]) for d in docs])),
+        data_version=dg.DataVersion(digest(list(written.items()))),
     )
 
 
@@ -166,38 +195,66 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
     shard = context.partition_key
     lake = iceberg.lakehouse()
     chunker = model.chunker()
-    docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash"))
-    previous = by_key(lake.read_partition(CHUNKS, shard), "doc_id")
-    rows, split_docs = [], 0
-    for doc in docs.to_pylist():
-        # Same content and same chunker (its settings are part of every chunk hash) -> same chunks.
-        old = previous.get(doc["doc_id"], [])
-        if old and old[0]["doc_hash"] == doc["content_hash"] and chunker.chunk_hash(old[0]["text"]) == old[0]["chunk_hash"]:
-            rows.extend({**r, "metadata": doc["metadata"]} for r in old)
-            continue
-        split_docs += 1
-        for c in chunker.split(doc["text"]):
-            rows.append(
-                {
-                    "shard": shard, "doc_id": doc["doc_id"], "chunk_id": chunk_id_for(doc["doc_id"], c.chunk_index),
-                    "chunk_index": c.chunk_index, "text": c.text, "token_count": c.token_count,
-                    "char_start": c.char_start, "char_end": c.char_end, "chunk_hash": c.chunk_hash,
-                    "metadata": doc["metadata"], "doc_hash": doc["content_hash"],
-                }
-            )
-    result = lake.replace_partition(CHUNKS, shard, pa.Table.from_pylist(rows, CHUNKS.arrow_schema))
-    tokens = [r["token_count"] for r in rows]
+    # Same content and same chunker -> same chunks: such a document keeps its chunks without being split
+    # again. The chunker's settings are part of every chunk hash, so one previous chunk tells whether
+    # it changed.
+    sample = next(lake.partition_batches(CHUNKS, shard, ("text", "chunk_hash")), None)
+    same_chunker = sample is not None and chunker.chunk_hash(sample["text"][0].as_py()) == sample["chunk_hash"][0].as_py()
+    del sample
+    doc_hashes = column_pairs(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash")), "doc_id", "content_hash")
+    old = lake.read_partition(CHUNKS, shard, ("doc_id", "doc_hash")) if same_chunker else CHUNKS.arrow_schema.empty_table()
+    reusable = {d for d, h in zip(old["doc_id"].to_pylist(), old["doc_hash"].to_pylist()) if doc_hashes.get(d) == h}
+    del old, doc_hashes
+    reused_metadata: dict[str, str] = {}  # doc_id -> the document's metadata now, for its kept chunks
+    keys: list[tuple[str, str]] = []  # (chunk_id, chunk_hash) of every chunk written
+    documents = split_docs = tokens = max_tokens = 0
+
+    with lake.writer(CHUNKS, shard) as out:
+
+        def add(rows: pa.Table) -> None:
+            nonlocal tokens, max_tokens
+            out.add(rows)
+            keys.extend(zip(rows["chunk_id"].to_pylist(), rows["chunk_hash"].to_pylist()))
+            tokens += pc.sum(rows["token_count"]).as_py() or 0
+            max_tokens = max(max_tokens, pc.max(rows["token_count"]).as_py() or 0)
+
+        for batch in lake.partition_batches(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash")):
+            rows = []
+            for doc in batch.to_pylist():
+                documents += 1
+                if doc["doc_id"] in reusable:
+                    reused_metadata[doc["doc_id"]] = doc["metadata"]
+                    continue
+                split_docs += 1
+                for c in chunker.split(doc["text"]):
+                    rows.append(
+                        {
+                            "shard": shard, "doc_id": doc["doc_id"], "chunk_id": chunk_id_for(doc["doc_id"], c.chunk_index),
+                            "chunk_index": c.chunk_index, "text": c.text, "token_count": c.token_count,
+                            "char_start": c.char_start, "char_end": c.char_end, "chunk_hash": c.chunk_hash,
+                            "metadata": doc["metadata"], "doc_hash": doc["content_hash"],
+                        }
+                    )
+            add(pa.Table.from_pylist(rows, CHUNKS.arrow_schema))
+        if reused_metadata:  # kept chunks, copied from the previous partition with their document's metadata now
+            keep = pa.array(sorted(reused_metadata), pa.string())
+            for batch in lake.partition_batches(CHUNKS, shard):
+                batch = batch.filter(pc.is_in(batch["doc_id"], value_set=keep))
+                field = CHUNKS.arrow_schema.field("metadata")
+                metadata = pa.array([reused_metadata[d] for d in batch["doc_id"].to_pylist()], field.type)
+                add(batch.set_column(batch.schema.get_field_index("metadata"), field, metadata))
+        result = out.commit()
     return dg.MaterializeResult(
         metadata=table_metadata(
             CHUNKS, result, started,
-            documents=docs.num_rows,
+            documents=documents,
             documents_split=split_docs,
-            chunks=len(rows),
-            tokens=sum(tokens),
-            max_chunk_tokens=max(tokens, default=0),
+            chunks=len(keys),
+            tokens=tokens,
+            max_chunk_tokens=max_tokens,
             chunker=chunker.settings_key,
         ),
-        data_version=dg.DataVersion(digest([(r["chunk_id"], r["chunk_hash"]) for r in rows])),
+        data_version=dg.DataVersion(digest(keys)),
     )
 
 
@@ -217,101 +274,160 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     shard = context.partition_key
     lake = iceberg.lakehouse()
     model_key = model.info().key
-    wanted = lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "text", "token_count")).to_pylist()
-    hashes = {c["chunk_hash"] for c in wanted}
+    wanted = lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "token_count"))  # no text: it is streamed below
+    chunk_ids_of: dict[str, list[str]] = {}  # chunk_hash -> chunks with that text (a text can repeat)
+    token_count: dict[str, int] = {}
+    for cid, h, t in zip(*(wanted[c].to_pylist() for c in ("chunk_id", "chunk_hash", "token_count"))):
+        chunk_ids_of.setdefault(h, []).append(cid)
+        token_count[h] = t
+    n_chunks = wanted.num_rows
+    del wanted
 
     # Reuse: first this shard's previous rows, then other shards' rows, for the same (hash, model).
-    # Vectors stay in Arrow: only the hash column is looked at row by row.
-    cols = ("chunk_hash", "dim", "vector", "embedded_at")
     same_model = EqualTo("model", model_key)
-    own = lake.scan(EMBEDDINGS, EqualTo("shard", shard) & same_model, cols)
-    found = [own]
-    row_of: dict[str, int] = {}  # chunk_hash -> row in the concatenation of `found`
-    for i, h in enumerate(own["chunk_hash"].to_pylist()):
-        if h in hashes:
-            row_of.setdefault(h, i)
-    from_own = len(row_of)
-    others = lake.read_where_in(EMBEDDINGS, "chunk_hash", sorted(hashes - row_of.keys()), cols, extra=same_model)
-    found.append(others)
-    for i, h in enumerate(others["chunk_hash"].to_pylist()):
-        row_of.setdefault(h, own.num_rows + i)
-    from_other_shards = len(row_of) - from_own
+    own = EqualTo("shard", shard) & same_model
+    from_own = set(lake.scan(EMBEDDINGS, own, ("chunk_hash",))["chunk_hash"].to_pylist()) & chunk_ids_of.keys()
+    others = lake.scan(EMBEDDINGS, In("chunk_hash", chunk_ids_of.keys() - from_own) & same_model, ("chunk_hash",)) \
+        if len(chunk_ids_of) > len(from_own) else EMBEDDINGS.arrow_schema.empty_table()
+    from_others = set(others["chunk_hash"].to_pylist())
+    to_embed = chunk_ids_of.keys() - from_own - from_others
+    tokens = sum(token_count[h] for h in to_embed)
+    del token_count, others
 
-    texts = {c["chunk_hash"]: c for c in wanted if c["chunk_hash"] not in row_of}
-    embed_seconds, tokens = 0.0, sum(c["token_count"] for c in texts.values())
-    if texts:
-        embedder = model.embedder()
-        t0 = time.perf_counter()
-        vectors = embedder.encode([c["text"] for c in texts.values()])
-        embed_seconds = time.perf_counter() - t0
-        offset = own.num_rows + others.num_rows
-        found.append(new_vectors(list(texts), vectors, now()))
-        row_of.update({h: offset + i for i, h in enumerate(texts)})
-        context.log.info(f"embedded {len(texts)} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
+    remaining = set(chunk_ids_of)  # hashes whose rows are not written yet
+    embed_seconds, embedded, stamp = 0.0, 0, now()
+    cols = ("chunk_hash", "dim", "vector", "embedded_at")
+    with lake.writer(EMBEDDINGS, shard) as out:
 
-    rows = pa.array([row_of[c["chunk_hash"]] for c in wanted], pa.int64())  # typed: a shard may have no chunks
-    vecs = pa.concat_tables([t.cast(found[0].schema) for t in found]).take(rows)
-    n = len(wanted)
-    table = pa.table(
-        {
-            "shard": [shard] * n, "chunk_id": [c["chunk_id"] for c in wanted], "chunk_hash": [c["chunk_hash"] for c in wanted],
-            "model": [model_key] * n, "dim": vecs["dim"], "vector": vecs["vector"], "embedded_at": vecs["embedded_at"],
-        },
-        schema=EMBEDDINGS.arrow_schema,
-    )
-    result = lake.replace_partition(EMBEDDINGS, shard, table)
+        def add(found: pa.Table) -> None:
+            """Rows for every chunk of the shard whose hash `found` (chunk_hash, dim, vector, embedded_at) has."""
+            take, chunk_ids = [], []
+            for i, h in enumerate(found["chunk_hash"].to_pylist()):
+                if h in remaining:
+                    remaining.discard(h)
+                    take.extend([i] * len(chunk_ids_of[h]))
+                    chunk_ids.extend(chunk_ids_of[h])
+            if take:
+                rows = found.take(pa.array(take, pa.int64()))
+                out.add(rows.append_column("shard", pa.array([shard] * len(take), pa.string()))
+                        .append_column("chunk_id", pa.array(chunk_ids, pa.string()))
+                        .append_column("model", pa.array([model_key] * len(take), pa.string())))
+
+        for batch in lake.batches(EMBEDDINGS, own, cols):
+            add(batch)
+        for batch in lake.where_in_batches(EMBEDDINGS, "chunk_hash", from_others, cols, extra=same_model):
+            add(batch)
+        if to_embed:  # texts streamed from the chunks partition, a window at a time through the model
+            embedder = model.embedder()
+            window: dict[str, str] = {}
+
+            def embed() -> None:
+                nonlocal embed_seconds, embedded
+                t0 = time.perf_counter()
+                vectors = embedder.encode(list(window.values()))
+                embed_seconds += time.perf_counter() - t0
+                embedded += len(window)
+                add(new_vectors(list(window), vectors, stamp))
+                window.clear()
+                context.log.info(f"embedded {embedded}/{len(to_embed)} chunks on {embedder.device}")
+
+            for batch in lake.partition_batches(CHUNKS, shard, ("chunk_hash", "text")):
+                for h, text in zip(batch["chunk_hash"].to_pylist(), batch["text"].to_pylist()):
+                    if h in to_embed and h in remaining and h not in window:
+                        window[h] = text
+                        if len(window) >= EMBED_WINDOW:
+                            embed()
+            if window:
+                embed()
+            context.log.info(f"embedded {embedded} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
+        result = out.commit()
 
     written = lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model"))
-    have = {(r["chunk_id"], r["chunk_hash"]) for r in written.to_pylist() if r["model"] == model_key}
-    absent = [c["chunk_id"] for c in wanted if (c["chunk_id"], c["chunk_hash"]) not in have]
+    have = {(c, h) for c, h, m in zip(*(written[k].to_pylist() for k in ("chunk_id", "chunk_hash", "model"))) if m == model_key}
+    absent = [c for h, ids in chunk_ids_of.items() for c in ids if (c, h) not in have]
     check = dg.AssetCheckResult(
         check_name="all_chunks_embedded",
-        passed=not absent and written.num_rows == len(wanted),
-        metadata={"chunks": len(wanted), "embedded_rows": written.num_rows, "missing": len(absent),
+        passed=not absent and written.num_rows == n_chunks,
+        metadata={"chunks": n_chunks, "embedded_rows": written.num_rows, "missing": len(absent),
                   "missing_sample": dg.MetadataValue.json(absent[:10])},
     )
-    reused = len(wanted) - len(texts)  # chunks not sent to the model (incl. repeats of one text in this shard)
     return dg.MaterializeResult(
         metadata=table_metadata(
             EMBEDDINGS, result, started,
-            chunks=len(wanted),
-            embedded=len(texts),
-            reused=reused,
-            reused_from_other_shards=from_other_shards,
+            chunks=n_chunks,
+            embedded=embedded,
+            reused=n_chunks - embedded,  # chunks not sent to the model (incl. repeats of one text in this shard)
+            reused_from_other_shards=len(from_others),
             tokens_embedded=tokens,
             embed_seconds=round(embed_seconds, 3),
             tokens_per_second=round(tokens / embed_seconds, 1) if embed_seconds else 0.0,
             model=model_key,
-            device=model.embedder().device if texts else "",
+            device=model.embedder().device if embedded else "",
             # The GPU this run was pinned to by the GPU run launcher ("" = none, unset = not launched by it).
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         ),
         check_results=[check],
-        data_version=dg.DataVersion(digest([(r["chunk_id"], r["chunk_hash"], model_key) for r in wanted])),
+        data_version=dg.DataVersion(digest([(c, h, model_key) for h, ids in chunk_ids_of.items() for c in ids])),
     )
 
 
-def desired_points(lake: Lakehouse, shard: str) -> dict[str, Point]:
-    """point id -> the point the collection must hold for each chunk of `shard`, from the Iceberg tables."""
-    emb = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "vector")))
-    chunk_rows = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")))
-    doc_rows = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
-    joined = emb.join(chunk_rows, on="chunk_id", how="inner").join(doc_rows, on="doc_id", how="left")
-    if joined.height != emb.height:
+@dataclass(frozen=True)
+class PointKey:
+    chunk_id: str
+    chunk_hash: str
+    model: str
+    dim: int
+
+
+def shard_point_keys(lake: Lakehouse, shard: str) -> dict[str, PointKey]:
+    """point id -> what the collection must hold for each chunk of `shard` (no vectors, no text)."""
+    emb = lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "dim"))
+    chunk_ids = set(lake.read_partition(CHUNKS, shard, ("chunk_id",))["chunk_id"].to_pylist())
+    keys = {point_id_for(c): PointKey(c, h, m, d) for c, h, m, d in zip(*(emb[k].to_pylist() for k in emb.column_names))}
+    if len(keys) != emb.num_rows or any(k.chunk_id not in chunk_ids for k in keys.values()):
         raise dg.Failure(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
-    # Each point's vector is a float32 view into one Arrow buffer, not a list of Python floats (~12 KB
-    # per 384-d vector, i.e. ~45 MB per 3,600 chunks); the index turns one batch at a time into floats.
-    vectors = joined.get_column("vector").to_arrow()
-    if isinstance(vectors, pa.ChunkedArray):
-        vectors = vectors.combine_chunks()
-    values = vectors.values.to_numpy(zero_copy_only=False)
-    offsets = vectors.offsets.to_numpy()
-    points = {}
-    for i, r in enumerate(joined.drop("vector").iter_rows(named=True)):
-        pid = point_id_for(r["chunk_id"])
-        payload = {k: r[k] for k in ("doc_id", "chunk_id", "chunk_index", "chunk_hash", "title", "text", "source_uri")}
-        points[pid] = Point(pid, values[offsets[i] : offsets[i + 1]], {"shard": shard, "model": r["model"], **payload})
-    return points
+    return keys
+
+
+def point_batches(lake: Lakehouse, shard: str, keys: dict[str, PointKey], size: int = POINT_BATCH) -> Iterator[list[Point]]:
+    """The points for `keys` (a selection of `shard_point_keys`), built from the Iceberg tables `size` at
+    a time. Vectors and texts sit in different tables in different orders, so the wanted vectors are
+    first spilled to a temporary file (float32, one row each) and read back by row while the chunk texts
+    stream by: memory stays at one batch however many points are rebuilt."""
+    if not keys:
+        return
+    by_chunk = {k.chunk_id: pid for pid, k in keys.items()}
+    dim = next(iter(keys.values())).dim
+    row_of: dict[str, int] = {}  # chunk_id -> row in the spill file
+    with tempfile.TemporaryFile(prefix="rag-vectors-") as spill:
+        wanted = pa.array(sorted(by_chunk), pa.string())
+        for batch in lake.partition_batches(EMBEDDINGS, shard, ("chunk_id", "vector")):
+            batch = batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted))
+            for cid in batch["chunk_id"].to_pylist():
+                row_of[cid] = len(row_of)
+            spill.write(np.ascontiguousarray(batch["vector"].combine_chunks().flatten().to_numpy(), dtype=np.float32).tobytes())
+        spill.flush()
+        fd, row_bytes = spill.fileno(), dim * 4
+        docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri"))
+        doc_info = dict(zip(docs["doc_id"].to_pylist(), zip(docs["title"].to_pylist(), docs["source_uri"].to_pylist())))
+        del docs
+        points: list[Point] = []
+        for batch in lake.partition_batches(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")):
+            for r in batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted)).to_pylist():
+                pid = by_chunk[r["chunk_id"]]
+                key = keys[pid]
+                vector = np.frombuffer(os.pread(fd, row_bytes, row_of[r["chunk_id"]] * row_bytes), dtype=np.float32)
+                title, source_uri = doc_info.get(r["doc_id"], (None, None))
+                points.append(Point(pid, vector, {
+                    "shard": shard, "model": key.model, "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
+                    "chunk_index": r["chunk_index"], "chunk_hash": key.chunk_hash, "title": title, "text": r["text"],
+                    "source_uri": source_uri,
+                }))
+                if len(points) >= size:
+                    yield points
+                    points = []
+        if points:
+            yield points
 
 
 def index_settings(model: ModelResource, qdrant: QdrantResource) -> dict[str, str]:
@@ -362,15 +478,15 @@ def vector_index(
     shard = context.partition_key
     lake = iceberg.lakehouse()
     model_key = model.info().key
-    desired = desired_points(lake, shard)
-    stale = sum(1 for p in desired.values() if p.payload["model"] != model_key)
+    desired = shard_point_keys(lake, shard)
+    stale = sum(1 for k in desired.values() if k.model != model_key)
     if stale:
         raise dg.Failure(f"{stale} embeddings of shard {shard!r} are not from {model_key}; materialize embeddings first")
 
     index = qdrant.index()
     with index.session() as session:
         if desired:
-            session.ensure_collection(len(next(iter(desired.values())).vector))
+            session.ensure_collection(next(iter(desired.values())).dim)
             foreign = session.count(other_model=model_key)
             if foreign:
                 raise CollectionMismatch(
@@ -378,9 +494,10 @@ def vector_index(
                     "full re-embed into a new collection: set RAG_QDRANT_COLLECTION"
                 )
         live = session.shard_points(shard)
-        to_upsert = [p for pid, p in desired.items() if live.get(pid) != p.payload["chunk_hash"]]
-        to_delete = sorted(set(live) - set(desired))
-        session.upsert(to_upsert)
+        to_upsert = {pid: k for pid, k in desired.items() if live.get(pid) != k.chunk_hash}
+        to_delete = sorted(live.keys() - desired.keys())
+        for points in point_batches(lake, shard, to_upsert):
+            session.upsert(points)
         session.delete(to_delete)
         after = session.shard_points(shard)
 
@@ -388,21 +505,25 @@ def vector_index(
         lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "synced_at")), "point_id", "chunk_hash", "synced_at"
     )
     stamp = now()
-    rows = []
-    for pid, p in desired.items():
-        old_hash, old_stamp = previous.get(pid, (None, None))
-        rows.append({"shard": shard, "chunk_id": p.payload["chunk_id"], "point_id": pid, "chunk_hash": p.payload["chunk_hash"],
-                     "collection": index.collection, "synced_at": old_stamp if old_hash == p.payload["chunk_hash"] else stamp})
-    result = lake.replace_partition(VECTOR_INDEX, shard, pa.Table.from_pylist(rows, VECTOR_INDEX.arrow_schema))
+    with lake.writer(VECTOR_INDEX, shard) as out:
+        rows = []
+        for pid, k in desired.items():
+            old_hash, old_stamp = previous.get(pid, (None, None))
+            rows.append({"shard": shard, "chunk_id": k.chunk_id, "point_id": pid, "chunk_hash": k.chunk_hash,
+                         "collection": index.collection, "synced_at": old_stamp if old_hash == k.chunk_hash else stamp})
+            if len(rows) >= POINT_BATCH:
+                out.add(rows)
+                rows = []
+        out.add(rows)
+        result = out.commit()
 
-    expected = {r["point_id"]: r["chunk_hash"] for r in rows}
-    missing = sorted(set(expected) - set(after))
-    extra = sorted(set(after) - set(expected))
-    wrong = sorted(pid for pid in set(expected) & set(after) if expected[pid] != after[pid])
+    missing = sorted(desired.keys() - after.keys())
+    extra = sorted(after.keys() - desired.keys())
+    wrong = sorted(pid for pid in desired.keys() & after.keys() if desired[pid].chunk_hash != after[pid])
     check = dg.AssetCheckResult(
         check_name="index_matches_table",
         passed=not (missing or extra or wrong),
-        metadata={"points": len(after), "rows": len(expected), "missing": len(missing), "extra": len(extra),
+        metadata={"points": len(after), "rows": len(desired), "missing": len(missing), "extra": len(extra),
                   "wrong_hash": len(wrong), "sample": dg.MetadataValue.json((missing + extra + wrong)[:10])},
     )
     return dg.MaterializeResult(
@@ -419,7 +540,7 @@ def vector_index(
             **index_settings(model, qdrant),
         ),
         check_results=[check],
-        data_version=dg.DataVersion(digest(list(expected.items()))),
+        data_version=dg.DataVersion(digest([(pid, k.chunk_hash) for pid, k in desired.items()])),
     )
 
 

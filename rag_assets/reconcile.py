@@ -13,7 +13,7 @@ from collections import defaultdict
 import dagster as dg
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from rag_assets.assets import desired_points
+from rag_assets.assets import point_batches, shard_point_keys
 from rag_assets.config import Settings
 from rag_assets.resources import IcebergResource, QdrantResource
 from rag_assets.sensors import SHARD_TAG  # on sensor runs, shard removals included (they have no partition)
@@ -51,10 +51,11 @@ def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[
             extra = sorted(set(live) - set(want))
             pending = 0  # listed in vector_index, but embeddings moved on since: the shard's next run syncs it
             if missing or stale:
-                points = desired_points(lake, shard)
-                repair = [points[pid] for pid in missing + stale if pid in points and points[pid].payload["chunk_hash"] == want[pid]]
+                keys = shard_point_keys(lake, shard)
+                repair = {pid: keys[pid] for pid in missing + stale if pid in keys and keys[pid].chunk_hash == want[pid]}
                 pending = len(missing) + len(stale) - len(repair)
-                session.upsert(repair)
+                for points in point_batches(lake, shard, repair):  # rebuilt from the tables, a batch at a time
+                    session.upsert(points)
             session.delete(extra)
             if missing or stale or extra or pending:
                 shards[shard] = {"missing": len(missing), "stale": len(stale), "extra": len(extra), "pending": pending}

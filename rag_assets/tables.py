@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
-from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.io.fileformat import FileFormatFactory
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
     FloatType,
@@ -183,46 +191,54 @@ class Lakehouse:
     def _projected(spec: TableSpec, columns: tuple[str, ...] | None) -> pa.Schema:
         return spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
 
+    def batches(
+        self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
+    ) -> Iterator[pa.Table]:
+        """The matching rows as a stream of small tables (one Parquet batch at a time), in the spec's
+        types: a whole partition is never held at once."""
+        schema = self._projected(spec, columns)
+        scan = self.table(spec).scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
+        for batch in scan.to_arrow_batch_reader():
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+
     def scan(
         self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
     ) -> pa.Table:
-        table = self.table(spec)
-        selected = columns if columns else ("*",)
-        result = table.scan(row_filter=row_filter, selected_fields=selected).to_arrow()
+        """The matching rows in one table: for narrow projections (keys and hashes), not for text or vectors."""
         schema = self._projected(spec, columns)
-        return result.select(schema.names).cast(schema) if result.num_rows else schema.empty_table()
+        return pa.concat_tables([schema.empty_table(), *self.batches(spec, row_filter, columns)]).combine_chunks()
 
     def read_partition(self, spec: TableSpec, shard: str, columns: tuple[str, ...] | None = None) -> pa.Table:
         return self.scan(spec, EqualTo("shard", shard), columns)
 
-    def read_where_in(
-        self, spec: TableSpec, column: str, values: list[str], columns: tuple[str, ...] | None = None,
+    def partition_batches(self, spec: TableSpec, shard: str, columns: tuple[str, ...] | None = None) -> Iterator[pa.Table]:
+        return self.batches(spec, EqualTo("shard", shard), columns)
+
+    def where_in_batches(
+        self, spec: TableSpec, column: str, values: Iterable[str], columns: tuple[str, ...] | None = None,
         extra: BooleanExpression | None = None,
-    ) -> pa.Table:
+    ) -> Iterator[pa.Table]:
+        values = set(values)
         if not values:
-            return self._projected(spec, columns).empty_table()
-        row_filter: BooleanExpression = In(column, set(values))
-        return self.scan(spec, And(extra, row_filter) if extra is not None else row_filter, columns)
+            return iter(())
+        row_filter: BooleanExpression = In(column, values)
+        return self.batches(spec, And(extra, row_filter) if extra is not None else row_filter, columns)
+
+    def partition_digest(self, spec: TableSpec, shard: str) -> RowDigest:
+        digest = RowDigest()
+        for batch in self.partition_batches(spec, shard):
+            digest.update(batch)
+        return digest
+
+    def writer(self, spec: TableSpec, shard: str) -> PartitionWriter:
+        return PartitionWriter(self, spec, shard)
 
     def replace_partition(self, spec: TableSpec, shard: str, rows: pa.Table) -> WriteResult:
         """Make partition `shard` hold exactly `rows`, in one commit, or none if it already does."""
-        rows = self.normalize(spec, rows)
-        if rows.num_rows and pc.any(pc.not_equal(rows["shard"], shard)).as_py():
-            raise ValueError(f"rows for {spec.name} partition {shard!r} carry another shard value")
-        table = self.table(spec)
-        current = self.normalize(spec, self.read_partition(spec, shard))
-        if current.equals(rows):
-            snapshot = table.current_snapshot()
-            return WriteResult(self.identifier(spec), rows.num_rows, False, snapshot.snapshot_id if snapshot else None)
-        props = {"rag.shard": shard}
-        if not current.num_rows:
-            table.append(rows, snapshot_properties=props)
-        elif not rows.num_rows:
-            table.delete(EqualTo("shard", shard), snapshot_properties=props)
-        else:
-            table.overwrite(rows, overwrite_filter=EqualTo("shard", shard), snapshot_properties=props)
-        snapshot = table.current_snapshot()
-        return WriteResult(self.identifier(spec), rows.num_rows, True, snapshot.snapshot_id if snapshot else None)
+        with self.writer(spec, shard) as writer:
+            writer.add(rows)
+            return writer.commit()
 
     def delete_partition(self, spec: TableSpec, shard: str) -> int:
         """Remove every row of `shard`; returns how many there were."""
@@ -239,3 +255,145 @@ class Lakehouse:
         if rows.num_rows:
             rows = rows.sort_by([(k, "ascending") for k in spec.key])
         return rows.combine_chunks()
+
+
+class RowDigest:
+    """Order-independent digest of a multiset of rows: a partition's rows give the same digest however
+    they are ordered or split into files and batches, so a rewrite can be compared with what the table
+    holds without holding either. Polars row hashes under two seeds, summed mod 2^64 each (128 bits).
+    Compare digests only within one process: polars does not promise the same hashes across versions."""
+
+    SEEDS = (0x5EED_0001, 0x5EED_0002)
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.sums = [np.uint64(0)] * len(self.SEEDS)
+
+    def update(self, rows: pa.Table) -> None:
+        if not rows.num_rows:
+            return
+        frame = pl.from_arrow(rows)
+        with np.errstate(over="ignore"):
+            self.sums = [s + frame.hash_rows(seed=seed).to_numpy().sum(dtype=np.uint64) for s, seed in zip(self.sums, self.SEEDS)]
+        self.rows += rows.num_rows
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RowDigest) and (self.rows, self.sums) == (other.rows, other.sums)
+
+
+class PartitionWriter:
+    """Replaces one shard's partition with rows that arrive in batches, holding only a buffer of them.
+
+    Rows are streamed into one Parquet data file (pyiceberg's own Parquet writer, so the file has the
+    table's field ids and column statistics); `commit()` then deletes the partition's old files and adds
+    the new one in a single Iceberg transaction, the same two operations `Table.overwrite` commits, which
+    pyiceberg retries against newer metadata when another shard committed first. When the new rows equal
+    the partition's (same `RowDigest`), the file is discarded and nothing is committed. A writer left
+    without `commit()` (an error, or a killed process) leaves the table untouched; at most an unreferenced
+    data file remains, which Iceberg's orphan-file maintenance removes.
+    """
+
+    BUFFER_BYTES = 8 * 1024 * 1024  # rows kept before they are written out as one Parquet row group
+
+    def __init__(self, lake: Lakehouse, spec: TableSpec, shard: str):
+        self.lake, self.spec, self.shard = lake, spec, shard
+        self.table = lake.table(spec)
+        self.digest = RowDigest()
+        self._file_schema = schema_to_pyarrow(self.table.schema(), include_field_ids=True)
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+        self._output = None
+        self._file_writer = None
+
+    @property
+    def rows(self) -> int:
+        return self.digest.rows
+
+    def add(self, rows: pa.Table | list[dict]) -> None:
+        rows = pa.Table.from_pylist(rows, self.spec.arrow_schema) if isinstance(rows, list) else rows
+        rows = rows.select(self.spec.arrow_schema.names).cast(self.spec.arrow_schema)
+        if not rows.num_rows:
+            return
+        if pc.any(pc.not_equal(rows["shard"], self.shard)).as_py():
+            raise ValueError(f"rows for {self.spec.name} partition {self.shard!r} carry another shard value")
+        self.digest.update(rows)
+        self._pending.append(rows)
+        self._pending_bytes += rows.nbytes
+        if self._pending_bytes >= self.BUFFER_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows = pa.concat_tables(self._pending).combine_chunks()
+        self._pending, self._pending_bytes = [], 0
+        if self._file_writer is None:
+            self._partition_key = PartitionKey(
+                field_values=[PartitionFieldValue(field=SHARD_PARTITION.fields[0], value=self.shard)],
+                partition_spec=self.table.spec(), schema=self.table.schema(),
+            )
+            path = load_location_provider(self.table.location(), self.table.properties).new_data_location(
+                data_file_name=f"00000-0-{uuid.uuid4()}.parquet", partition_key=self._partition_key
+            )
+            self._output = self.table.io.new_output(path)
+            self._file_writer = FileFormatFactory.get(FileFormat.PARQUET).create_writer(
+                self._output, self.table.schema(), self.table.properties
+            )
+        self._file_writer.write(rows.cast(self._file_schema))
+
+    def _data_file(self) -> DataFile | None:
+        self._flush()
+        if self._file_writer is None:
+            return None
+        statistics = self._file_writer.close()
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=self._output.location,
+            file_format=FileFormat.PARQUET,
+            partition=self._partition_key.partition,
+            file_size_in_bytes=len(self._output),
+            sort_order_id=None,
+            spec_id=self.table.metadata.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **statistics.to_serialized_dict(),
+        )
+
+    def commit(self) -> WriteResult:
+        data_file = self._data_file()
+        current = self.lake.partition_digest(self.spec, self.shard)
+        table = self.table.refresh()
+        if current == self.digest:
+            self.abort()
+            snapshot = table.current_snapshot()
+            return WriteResult(self.lake.identifier(self.spec), self.rows, False, snapshot.snapshot_id if snapshot else None)
+        props = {"rag.shard": self.shard}
+        with table.transaction() as tx:
+            if current.rows:
+                tx.delete(EqualTo("shard", self.shard), snapshot_properties=props)
+            if data_file is not None:
+                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                    append.append_data_file(data_file)
+        self._output = None  # committed: the file now belongs to the table
+        snapshot = table.current_snapshot()
+        return WriteResult(self.lake.identifier(self.spec), self.rows, True, snapshot.snapshot_id if snapshot else None)
+
+    def abort(self) -> None:
+        """Discard the uncommitted data file, if one was started."""
+        if self._file_writer is not None and self._output is not None:
+            try:
+                self._file_writer.close()
+            except Exception:  # already closed, or never written to
+                pass
+            try:
+                self.table.io.delete(self._output.location)
+            except OSError:
+                log.warning("could not remove uncommitted data file %s", self._output.location)
+            self._output = None
+
+    def __enter__(self) -> PartitionWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._output is not None:
+            self.abort()

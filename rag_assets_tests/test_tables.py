@@ -1,0 +1,117 @@
+"""The streaming partition writer: one data file per partition rewrite, bounded memory, idempotent commits."""
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rag_assets.tables import EMBEDDINGS, PartitionWriter, RowDigest, Lakehouse
+
+DIM = 384
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lakehouse:
+    return Lakehouse("t", {"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": f"file://{tmp_path}/wh"}, "rag")
+
+
+def vector_rows(shard: str, start: int, n: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed + start)
+    values = rng.random((n, DIM), dtype=np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), DIM).cast(EMBEDDINGS.arrow_schema.field("vector").type)
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    table = pa.table({
+        "shard": [shard] * n, "chunk_id": [f"c{i}" for i in range(start, start + n)],
+        "chunk_hash": [f"h{i}" for i in range(start, start + n)], "model": ["m"] * n, "dim": pa.array([DIM] * n, pa.int32()),
+        "vector": vectors, "embedded_at": pa.array([stamp] * n, pa.timestamp("us", "UTC")),
+    })
+    return table.take(pa.array(range(n)))  # a copy in Arrow's memory pool (the numpy-backed one is not counted there)
+
+
+def data_files(lake: Lakehouse) -> list[str]:
+    return [t.file.file_path for t in lake.table(EMBEDDINGS).scan().plan_files()]
+
+
+def parquet_on_disk(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*.parquet")}
+
+
+def test_batches_stream_into_one_file_with_bounded_arrow_memory(lake, tmp_path):
+    batch, batches = 1000, 40  # 40 x 1.5 MB of vectors: far more than the writer may hold
+    start = pa.total_allocated_bytes()
+    highest = 0
+    with lake.writer(EMBEDDINGS, "a") as out:
+        for b in range(batches):
+            out.add(vector_rows("a", b * batch, batch))
+            highest = max(highest, pa.total_allocated_bytes() - start)
+        result = out.commit()
+    assert result.committed and result.rows == batch * batches
+    held_limit = 2 * PartitionWriter.BUFFER_BYTES + 4 * batch * DIM * 4  # the buffer, one batch, and the Parquet encoder's pages
+    assert highest < held_limit < batch * batches * DIM * 4 / 2, (highest, held_limit)
+    assert len(data_files(lake)) == 1
+    table = lake.read_partition(EMBEDDINGS, "a")
+    assert table.num_rows == batch * batches
+    assert sorted(table["chunk_id"].to_pylist()) == sorted(f"c{i}" for i in range(batch * batches))
+    first = table.filter(pa.compute.equal(table["chunk_id"], "c1234"))
+    assert np.allclose(first["vector"][0].as_py(), vector_rows("a", 1000, 1000)["vector"][234].as_py())
+
+
+def test_same_rows_in_another_order_and_split_commit_nothing(lake, tmp_path):
+    rows = pa.concat_tables([vector_rows("a", 0, 300), vector_rows("a", 300, 300)])
+    first = lake.replace_partition(EMBEDDINGS, "a", rows)
+    files = parquet_on_disk(tmp_path / "wh")
+    with lake.writer(EMBEDDINGS, "a") as out:  # reversed, in other batch sizes
+        reversed_rows = rows.take(pa.array(range(rows.num_rows - 1, -1, -1)))
+        for s in range(0, reversed_rows.num_rows, 77):
+            out.add(reversed_rows.slice(s, 77))
+        again = out.commit()
+    assert first.committed and not again.committed and again.snapshot_id == first.snapshot_id
+    assert parquet_on_disk(tmp_path / "wh") == files  # the discarded rewrite left no file behind
+
+    changed = rows.to_pylist()
+    changed[123]["vector"] = [v + 1e-6 for v in changed[123]["vector"]]  # one float of one row
+    assert lake.replace_partition(EMBEDDINGS, "a", pa.Table.from_pylist(changed, EMBEDDINGS.arrow_schema)).committed
+
+
+def test_digest_ignores_order_and_batching_but_not_content():
+    rows = vector_rows("a", 0, 500)
+    whole, pieces, other = RowDigest(), RowDigest(), RowDigest()
+    whole.update(rows)
+    for s in range(0, 500, 64):
+        pieces.update(rows.slice(s, 64).take(pa.array(range(min(64, 500 - s) - 1, -1, -1))))
+    other.update(vector_rows("a", 0, 500, seed=1))
+    assert whole == pieces and whole.rows == 500
+    assert whole != other
+
+
+def test_a_failed_rewrite_leaves_the_table_and_warehouse_as_they_were(lake, tmp_path):
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 100))
+    lake.replace_partition(EMBEDDINGS, "b", vector_rows("b", 0, 10))
+    snapshot = lake.table(EMBEDDINGS).current_snapshot().snapshot_id
+    files = parquet_on_disk(tmp_path / "wh")
+    with pytest.raises(RuntimeError, match="source failed"):
+        with lake.writer(EMBEDDINGS, "a") as out:
+            out.add(vector_rows("a", 100, 6000))  # past the buffer: a data file was started
+            raise RuntimeError("source failed mid-shard")
+    assert lake.table(EMBEDDINGS).current_snapshot().snapshot_id == snapshot
+    assert parquet_on_disk(tmp_path / "wh") == files
+    assert lake.read_partition(EMBEDDINGS, "a").num_rows == 100
+
+
+def test_rows_of_another_shard_are_refused(lake):
+    with lake.writer(EMBEDDINGS, "a") as out, pytest.raises(ValueError, match="another shard"):
+        out.add(vector_rows("b", 0, 3))
+
+
+def test_rewrite_replaces_only_its_partition_and_empty_rows_delete_it(lake):
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 50))
+    lake.replace_partition(EMBEDDINGS, "b", vector_rows("b", 0, 20))
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 30, seed=5))
+    assert lake.read_partition(EMBEDDINGS, "a").num_rows == 30
+    assert lake.read_partition(EMBEDDINGS, "b").num_rows == 20
+    assert lake.replace_partition(EMBEDDINGS, "a", EMBEDDINGS.arrow_schema.empty_table()).committed
+    assert lake.read_partition(EMBEDDINGS, "a").num_rows == 0
+    assert lake.read_partition(EMBEDDINGS, "b").num_rows == 20
+    assert len(data_files(lake)) == 1
