@@ -76,7 +76,9 @@ def column_pairs(rows: pa.Table, key: str, value: str) -> dict:
 # with `Lakehouse.writer`, so what a step holds grows only with its narrow per-row state (ids and hashes,
 # ~100-300 B per document or chunk), never with the text or the vectors. See benchmarks/RESULTS.md.
 DOCUMENT_BATCH = 256  # documents parsed before they are handed to the table writer
-EMBED_WINDOW = 4096  # chunk texts sent to the model per call (~4 MB of text, 6 MB of 384-d vectors)
+# Chunk texts sent to the model per call: ~4 MB of text and 6 MB of 384-d vectors on the CPU. A GPU gets
+# 8x more per call, so that its one host sync per call and the table writes between calls stay rare.
+EMBED_WINDOW = 4096
 POINT_BATCH = 1024  # points built and upserted at a time
 
 # ---------------------------------------------------------------------------------------------------
@@ -320,6 +322,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
         if to_embed:  # texts streamed from the chunks partition, a window at a time through the model
             embedder = model.embedder()
             window: dict[str, str] = {}
+            window_size = EMBED_WINDOW * (8 if embedder.cuda else 1)
 
             def embed() -> None:
                 nonlocal embed_seconds, embedded
@@ -335,7 +338,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
                 for h, text in zip(batch["chunk_hash"].to_pylist(), batch["text"].to_pylist()):
                     if h in to_embed and h in remaining and h not in window:
                         window[h] = text
-                        if len(window) >= EMBED_WINDOW:
+                        if len(window) >= window_size:
                             embed()
             if window:
                 embed()
@@ -403,9 +406,12 @@ def point_batches(lake: Lakehouse, shard: str, keys: dict[str, PointKey], size: 
         wanted = pa.array(sorted(by_chunk), pa.string())
         for batch in lake.partition_batches(EMBEDDINGS, shard, ("chunk_id", "vector")):
             batch = batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted))
+            values = batch["vector"].combine_chunks().flatten().to_numpy()
+            if values.size != batch.num_rows * dim:  # rows are found by position: every vector must be `dim` long
+                raise dg.Failure(f"embeddings of shard {shard!r} are not all {dim}-d; materialize embeddings first")
             for cid in batch["chunk_id"].to_pylist():
                 row_of[cid] = len(row_of)
-            spill.write(np.ascontiguousarray(batch["vector"].combine_chunks().flatten().to_numpy(), dtype=np.float32).tobytes())
+            spill.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
         spill.flush()
         fd, row_bytes = spill.fileno(), dim * 4
         docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri"))
