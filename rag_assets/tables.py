@@ -22,7 +22,7 @@ from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
 from pyiceberg.io.fileformat import FileFormatFactory
-from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
@@ -198,7 +198,12 @@ class Lakehouse:
         types: a whole partition is never held at once."""
         schema = self._projected(spec, columns)
         scan = self.table(spec).scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
-        for batch in scan.to_arrow_batch_reader():
+        # pyiceberg's own `to_arrow_batch_reader` reads every file of the scan whole, all files at once
+        # (pyiceberg 0.12, ArrowScan.to_record_batches), so it is no stream. Its per-file reader is: it
+        # projects by field id, applies the row filter and delete files, and yields Parquet's batches.
+        tasks = list(scan.plan_files())
+        reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive, scan.limit)
+        for batch in reader._record_batches_from_scan_tasks_and_deletes(tasks, _read_all_delete_files(scan.io, tasks)):
             if batch.num_rows:
                 yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
 
