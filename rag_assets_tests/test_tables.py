@@ -54,6 +54,10 @@ def test_batches_stream_into_one_file_with_bounded_arrow_memory(lake, tmp_path):
     table = lake.read_partition(EMBEDDINGS, "a")
     assert table.num_rows == batch * batches
     assert sorted(table["chunk_id"].to_pylist()) == sorted(f"c{i}" for i in range(batch * batches))
+    # Read back as a stream of row groups, not as one table per file.
+    sizes = [b.num_rows for b in lake.partition_batches(EMBEDDINGS, "a", ("chunk_id", "vector"))]
+    assert sum(sizes) == batch * batches and len(sizes) > 1
+    assert max(sizes) * DIM * 4 <= 2 * PartitionWriter.BUFFER_BYTES
     first = table.filter(pa.compute.equal(table["chunk_id"], "c1234"))
     assert np.allclose(first["vector"][0].as_py(), vector_rows("a", 1000, 1000)["vector"][234].as_py())
 
