@@ -57,6 +57,29 @@ def build_shard(root: Path, docs: int, sections: int, seed: int = 7) -> int:
     return total
 
 
+def build_small_model(folder: Path) -> Path:
+    """A 1-layer, 384-d sentence-transformers model with random weights and the default model's tokenizer
+    (`--small-model`): the same vector size, tables and chunking as the real model, but ~10x cheaper to
+    run and with activations of a few MB, so that what a shard run holds besides the model shows, and
+    shards 10x bigger can be measured in minutes. Its vectors mean nothing; only memory is measured."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rag_assets.config import default_model
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=1, num_attention_heads=6,
+                        intermediate_size=384, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder / "hf")
+    tokenizer.save_pretrained(folder / "hf")
+    path = folder / "small-384d-1layer"
+    modules = [models.Transformer(str(folder / "hf"), max_seq_length=256), models.Pooling(384, "mean"), models.Normalize()]
+    SentenceTransformer(modules=modules).save(str(path))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # Children (run with --child; they write one JSON object to --out)
 
@@ -182,6 +205,7 @@ def main() -> None:
     parser.add_argument("--sections", type=int, default=5, help="mean paragraphs (each under its own heading) per document")
     parser.add_argument("--interval", type=float, default=0.02, help="seconds between /proc polls")
     parser.add_argument("--keep", action="store_true", help="keep the temp folders")
+    parser.add_argument("--small-model", action="store_true", help="a 1-layer random 384-d model instead of the real one (see build_small_model)")
     parser.add_argument("--child", choices=("baseline", "sync"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +221,8 @@ def main() -> None:
     temps = []
     tmp = temp_rag_env("rag-memory-base-")
     temps.append(tmp)
+    if args.small_model:
+        os.environ["RAG_EMBED_MODEL"] = str(build_small_model(tmp / "model"))  # the children inherit it
     base = run_child("baseline", tmp, args.interval)
     print(f"baseline (imports + model + tokenizer): {base['peak_rss_mb']} MB in {base['seconds']} s", file=sys.stderr)
 
@@ -226,7 +252,7 @@ def main() -> None:
               f"(+{row['over_baseline_mb']} over baseline) in {row['seconds']} s; steps "
               + ", ".join(f"{k} {v['peak_mb']}" for k, v in row["steps"].items()), file=sys.stderr)
 
-    result = {"baseline_mb": base["peak_rss_mb"], "baseline_seconds": base["seconds"], "sizes": runs}
+    result = {"model": "small" if args.small_model else "default", "baseline_mb": base["peak_rss_mb"], "baseline_seconds": base["seconds"], "sizes": runs}
     if len(runs) >= 2:
         first, last = runs[0], runs[-1]
         result["docs_ratio"] = round(last["docs"] / first["docs"], 2)
