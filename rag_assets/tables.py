@@ -18,11 +18,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
-from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
+from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
+from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.fileformat import FileFormatFactory
-from pyiceberg.io.pyarrow import ArrowScan, _read_all_delete_files, schema_to_pyarrow
+from pyiceberg.io.pyarrow import expression_to_pyarrow, schema_to_pyarrow
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
@@ -191,21 +193,50 @@ class Lakehouse:
     def _projected(spec: TableSpec, columns: tuple[str, ...] | None) -> pa.Schema:
         return spec.arrow_schema if not columns else pa.schema([spec.arrow_schema.field(c) for c in columns])
 
+    READ_ROWS = 8192  # rows per batch read back (~12 MB of 384-d vectors, ~8 MB of chunk text)
+
     def batches(
         self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
     ) -> Iterator[pa.Table]:
-        """The matching rows as a stream of small tables (one Parquet batch at a time), in the spec's
-        types: a whole partition is never held at once."""
+        """The matching rows as a stream of small tables, in the spec's types: a whole partition is
+        never held at once.
+
+        pyiceberg plans the scan (which data files, pruned by partition and column statistics), but its
+        readers hold whole files: `to_arrow_batch_reader` reads every file of a scan whole and all files
+        at once (pyiceberg 0.12), and its per-file reader lets Arrow read up to 16 row groups ahead. So
+        each planned file is read here with pyarrow's `ParquetFile`, one row group at a time, with columns matched by Iceberg field id (a column added to the table after a file was
+        written reads as nulls) and the row filter applied per batch."""
         schema = self._projected(spec, columns)
-        scan = self.table(spec).scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
-        # pyiceberg's own `to_arrow_batch_reader` reads every file of the scan whole, all files at once
-        # (pyiceberg 0.12, ArrowScan.to_record_batches), so it is no stream. Its per-file reader is: it
-        # projects by field id, applies the row filter and delete files, and yields Parquet's batches.
+        table = self.table(spec)
+        scan = table.scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
         tasks = list(scan.plan_files())
-        reader = ArrowScan(scan.table_metadata, scan.io, scan.projection(), scan.row_filter, scan.case_sensitive, scan.limit)
-        for batch in reader._record_batches_from_scan_tasks_and_deletes(tasks, _read_all_delete_files(scan.io, tasks)):
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+        if any(task.delete_files for task in tasks):  # written by another engine in merge-on-read mode
+            for batch in scan.to_arrow_batch_reader():
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+            return
+        current = table.schema()
+        bound = bind(current, row_filter, case_sensitive=True)
+        filter_columns = {current.find_column_name(i) for i in extract_field_ids(bound)}
+        arrow_filter = None if bound == AlwaysTrue() else expression_to_pyarrow(bound, current)
+        wanted = list(schema.names) + sorted(filter_columns - set(schema.names))
+        field_ids = {name: current.find_field(name).field_id for name in wanted}
+        for task in tasks:
+            with table.io.new_input(task.file.file_path).open() as stream:
+                parquet = pq.ParquetFile(stream)
+                in_file = {int(f.metadata[b"PARQUET:field_id"]): f.name for f in parquet.schema_arrow if f.metadata}
+                read = [in_file[field_ids[n]] for n in wanted if field_ids[n] in in_file]
+                for group in range(parquet.num_row_groups):  # over all groups at once, pyarrow reads several ahead
+                    for batch in parquet.iter_batches(self.READ_ROWS, row_groups=[group], columns=read, use_threads=False):
+                        rows = pa.table({
+                            n: batch.column(in_file[field_ids[n]]) if field_ids[n] in in_file
+                            else pa.nulls(batch.num_rows, schema_to_pyarrow(current.find_field(n).field_type))
+                            for n in wanted
+                        })
+                        if arrow_filter is not None:
+                            rows = rows.filter(arrow_filter)
+                        if rows.num_rows:
+                            yield rows.select(schema.names).cast(schema)
 
     def scan(
         self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
