@@ -1,6 +1,7 @@
 """Peak memory of one shard run as the shard grows, against the fixed cost of code and model.
 
     python benchmarks/memory.py --docs 300,3000
+    python benchmarks/memory.py --small-model --docs 2000,20000   # the pipeline's own memory, bigger shards
 
 For each size, a fresh temp environment holds ONE shard of that many generated Markdown documents
 (real text: 3-7 stdlib pydoc paragraphs per document, each under a heading naming the document, ~1.7 KB

@@ -204,8 +204,9 @@ class Lakehouse:
         pyiceberg plans the scan (which data files, pruned by partition and column statistics), but its
         readers hold whole files: `to_arrow_batch_reader` reads every file of a scan whole and all files
         at once (pyiceberg 0.12), and its per-file reader lets Arrow read up to 16 row groups ahead. So
-        each planned file is read here with pyarrow's `ParquetFile`, one row group at a time, with columns matched by Iceberg field id (a column added to the table after a file was
-        written reads as nulls) and the row filter applied per batch."""
+        each planned file is read here with pyarrow's `ParquetFile`, one row group at a time, with
+        columns matched by Iceberg field id (a column added to the table after a file was written reads
+        as nulls) and the row filter applied per batch."""
         schema = self._projected(spec, columns)
         table = self.table(spec)
         scan = table.scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
@@ -224,7 +225,10 @@ class Lakehouse:
         for task in tasks:
             with table.io.new_input(task.file.file_path).open() as stream:
                 parquet = pq.ParquetFile(stream)
-                in_file = {int(f.metadata[b"PARQUET:field_id"]): f.name for f in parquet.schema_arrow if f.metadata}
+                in_file = {int(f.metadata[b"PARQUET:field_id"]): f.name
+                           for f in parquet.schema_arrow if f.metadata and b"PARQUET:field_id" in f.metadata}
+                if not in_file:  # a file added without field ids (add_files): Iceberg maps its columns by name
+                    in_file = {current.find_field(f.name).field_id: f.name for f in parquet.schema_arrow if f.name in field_ids}
                 read = [in_file[field_ids[n]] for n in wanted if field_ids[n] in in_file]
                 for group in range(parquet.num_row_groups):  # over all groups at once, pyarrow reads several ahead
                     for batch in parquet.iter_batches(self.READ_ROWS, row_groups=[group], columns=read, use_threads=False):

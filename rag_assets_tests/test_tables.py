@@ -139,3 +139,18 @@ def test_reads_match_columns_by_field_id_across_schema_evolution_and_filter_rows
     assert sorted(read["text"].to_pylist()) == sorted(r["text"] for r in rows)
     picked = pa.concat_tables(lake.where_in_batches(CHUNKS, "chunk_hash", ["h3", "h7", "nope"], ("chunk_id", "text")))
     assert sorted(picked["chunk_id"].to_pylist()) == ["c3", "c7"] and picked.column_names == ["chunk_id", "text"]
+
+
+def test_reads_files_added_without_field_ids_by_column_name(lake, tmp_path):
+    import pyarrow.parquet as pq
+
+    from rag_assets.tables import VECTOR_INDEX
+
+    stamp = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows = pa.Table.from_pylist([{"shard": "a", "chunk_id": f"c{i}", "point_id": f"p{i}", "chunk_hash": f"h{i}", "collection": "x",
+                                  "synced_at": stamp} for i in range(5)], VECTOR_INDEX.arrow_schema)
+    path = tmp_path / "imported.parquet"
+    pq.write_table(rows, path)  # plain Parquet, as another tool writes it: no Iceberg field ids
+    lake.table(VECTOR_INDEX).add_files([str(path)])
+    read = lake.read_partition(VECTOR_INDEX, "a", ("chunk_id", "chunk_hash"))
+    assert sorted(read["chunk_hash"].to_pylist()) == [f"h{i}" for i in range(5)]
