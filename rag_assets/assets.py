@@ -7,27 +7,24 @@ re-running a partition reproduces the same rows (and commits nothing).
 
 
 import datetime as dt
-import hashlib
-import json
 import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import EqualTo, In
+from pyiceberg.expressions import EqualTo
 
 from rag_assets.launcher import GPU_POOL, GPU_TAG
-from rag_assets.index import CollectionMismatch, Point, point_id_for
+from rag_assets.index import CollectionMismatch
 from rag_assets.parsing import Document, parse_file
+from rag_assets.points import POINT_BATCH, frame_digest, mismatches, point_batches, points_to_sync, shard_point_keys
 from rag_assets.chunking import chunk_id_for
 from rag_assets.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
-from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX, Lakehouse, TableSpec, WriteResult
+from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX, TableSpec, WriteResult
 
 shards = dg.DynamicPartitionsDefinition(name="shards")
 GROUP = "rag"
@@ -40,13 +37,6 @@ def shard_asset(**kwargs):
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def digest(rows: list[tuple]) -> str:
-    h = hashlib.sha256()
-    for row in sorted(rows):
-        h.update("\0".join(map(str, row)).encode() + b"\n")
-    return h.hexdigest()
 
 
 def table_metadata(spec: TableSpec, result: WriteResult, started: float, **counts) -> dict:
@@ -63,23 +53,26 @@ def table_metadata(spec: TableSpec, result: WriteResult, started: float, **count
     }
 
 
-def carried(previous: pa.Table, key: str, match: str, stamp: str) -> dict[str, tuple[str, dt.datetime]]:
-    """key -> (match value, timestamp) from the partition's previous rows (read with just these columns)."""
-    return dict(zip(previous[key].to_pylist(), zip(previous[match].to_pylist(), previous[stamp].to_pylist())))
+def stacked(frames: list[pl.DataFrame], schema: dict) -> pl.DataFrame:
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def column_pairs(rows: pa.Table, key: str, value: str) -> dict:
-    return dict(zip(rows[key].to_pylist(), rows[value].to_pylist()))
+def keep_stamps(rows: pl.DataFrame, previous: pl.DataFrame, key: str, match: str, stamp: str) -> pl.DataFrame:
+    """`rows` with the previous row's `stamp` wherever the row with the same `key` had the same `match`
+    value: unchanged rows keep their timestamps, so a re-run writes the same rows."""
+    joined = rows.join(previous.select(key, match, stamp), on=key, how="left", suffix="_old", maintain_order="left")
+    unchanged = pl.col(f"{match}_old") == pl.col(match)
+    return joined.with_columns(pl.when(unchanged).then(pl.col(f"{stamp}_old")).otherwise(pl.col(stamp)).alias(stamp)).select(rows.columns)
 
 
 # Memory: every step streams its partition through in batches (documents, chunks, vectors) and writes it
 # with `Lakehouse.writer`, so what a step holds grows only with its narrow per-row state (ids and hashes,
-# ~100-300 B per document or chunk), never with the text or the vectors. See benchmarks/RESULTS.md.
+# in polars frames: ~100-300 B per document or chunk), never with the text or the vectors. See
+# benchmarks/RESULTS.md.
 DOCUMENT_BATCH = 256  # documents parsed before they are handed to the table writer
 # Chunk texts sent to the model per call: ~4 MB of text and 6 MB of 384-d vectors on the CPU. A GPU gets
 # 8x more per call, so that its one host sync per call and the table writes between calls stay rare.
 EMBED_WINDOW = 4096
-POINT_BATCH = 1024  # points built and upserted at a time
 
 # ---------------------------------------------------------------------------------------------------
 
@@ -100,10 +93,10 @@ def raw_documents(
     lake = iceberg.lakehouse()
     # A file whose size and version (mtime or ETag) are unchanged keeps its previous rows (documents and
     # quarantine alike) without being read again: only new or modified files cost a read.
-    old = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash", "ingested_at", "source_uri", "source_size", "source_version"))
-    previous = carried(old, "doc_id", "content_hash", "ingested_at")
-    old_versions: dict[str, set[tuple]] = {}
-    for uri, size, version in zip(*(old[c].to_pylist() for c in ("source_uri", "source_size", "source_version"))):
+    old = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash", "ingested_at", "source_uri", "source_size", "source_version")))
+    previous = old.select("doc_id", "content_hash", "ingested_at")
+    old_versions: dict[str, set[tuple]] = {}  # per file, not per document
+    for uri, size, version in old.select("source_uri", "source_size", "source_version").unique().iter_rows():
         old_versions.setdefault(uri, set()).add((size, version))
     del old
     previous_rejects: dict[str, list[dict]] = {}
@@ -111,7 +104,7 @@ def raw_documents(
         previous_rejects.setdefault(r["source_uri"], []).append(r)
     limit = source.max_document_mb * 1024 * 1024
     rejects, stamp, files_read = [], now(), 0
-    written: dict[str, str] = {}  # doc_id -> content_hash of every document in the new partition
+    written: list[pl.DataFrame] = []  # doc_id, content_hash of every document in the new partition
 
     def reject(uri: str, record: str, reason: str, detail: str) -> None:
         rejects.append({"shard": shard, "source_uri": uri, "record": record, "reason": reason, "detail": detail})
@@ -132,9 +125,9 @@ def raw_documents(
     with lake.writer(RAW_DOCUMENTS, shard) as out:
 
         def add(rows: pa.Table | list[dict]) -> None:
-            rows = pa.Table.from_pylist(rows, RAW_DOCUMENTS.arrow_schema) if isinstance(rows, list) else rows
-            out.add(rows)
-            written.update(column_pairs(rows, "doc_id", "content_hash"))
+            rows = pl.from_arrow(pa.Table.from_pylist(rows, RAW_DOCUMENTS.arrow_schema) if isinstance(rows, list) else rows)
+            out.add(keep_stamps(rows, previous, "doc_id", "content_hash", "ingested_at").to_arrow())
+            written.append(rows.select("doc_id", "content_hash"))
 
         if unchanged:  # copied over from the previous partition a batch at a time
             keep = pa.array(sorted(unchanged), pa.string())
@@ -151,13 +144,12 @@ def raw_documents(
                 if not isinstance(item, Document):
                     reject(uri, item.record, item.reason, item.detail)
                     continue
-                old_hash, old_stamp = previous.get(item.doc_id, (None, None))
                 pending.append(
                     {
                         "shard": shard, "doc_id": item.doc_id, "title": item.title, "text": item.text,
                         "metadata": item.metadata, "content_hash": item.content_hash, "source_uri": uri,
                         "source_size": f.size, "source_version": f.version,
-                        "ingested_at": old_stamp if old_hash == item.content_hash else stamp,
+                        "ingested_at": stamp,  # or the previous row's, when the content is the same
                     }
                 )
                 if len(pending) >= DOCUMENT_BATCH:
@@ -167,15 +159,16 @@ def raw_documents(
         add(pending)
         result = out.commit()
     lake.replace_partition(QUARANTINE, shard, pa.Table.from_pylist(rejects, QUARANTINE.arrow_schema))
-    changed = sum(1 for doc_id, h in written.items() if previous.get(doc_id, (None,))[0] != h)
+    documents = pl.concat(written)
+    changed = documents.join(previous, on=["doc_id", "content_hash"], how="anti").height
     if rejects:
         context.log.warning(f"{len(rejects)} inputs of shard {shard!r} quarantined: {dict(Counter(r['reason'] for r in rejects))}")
     return dg.MaterializeResult(
         metadata=table_metadata(
             RAW_DOCUMENTS, result, started,
-            documents=len(written),
+            documents=documents.height,
             new_or_changed_documents=changed,
-            removed_documents=len(previous.keys() - written.keys()),
+            removed_documents=previous.join(documents, on="doc_id", how="anti").height,
             quarantined=len(rejects),
             quarantine_reasons=dg.MetadataValue.json(dict(Counter(r["reason"] for r in rejects))),
             source_files=len(listing.files),
@@ -183,7 +176,7 @@ def raw_documents(
             source_bytes=listing.total_bytes,
             source_fingerprint=listing.fingerprint,
         ),
-        data_version=dg.DataVersion(digest(list(written.items()))),
+        data_version=dg.DataVersion(frame_digest(documents)),
     )
 
 
@@ -203,12 +196,12 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
     sample = next(lake.partition_batches(CHUNKS, shard, ("text", "chunk_hash")), None)
     same_chunker = sample is not None and chunker.chunk_hash(sample["text"][0].as_py()) == sample["chunk_hash"][0].as_py()
     del sample
-    doc_hashes = column_pairs(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash")), "doc_id", "content_hash")
-    old = lake.read_partition(CHUNKS, shard, ("doc_id", "doc_hash")) if same_chunker else CHUNKS.arrow_schema.empty_table()
-    reusable = {d for d, h in zip(old["doc_id"].to_pylist(), old["doc_hash"].to_pylist()) if doc_hashes.get(d) == h}
-    del old, doc_hashes
-    reused_metadata: dict[str, str] = {}  # doc_id -> the document's metadata now, for its kept chunks
-    keys: list[tuple[str, str]] = []  # (chunk_id, chunk_hash) of every chunk written
+    docs = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "content_hash")))
+    old = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("doc_id", "doc_hash")) if same_chunker else CHUNKS.arrow_schema.empty_table())
+    reusable = docs.join(old.unique().rename({"doc_hash": "content_hash"}), on=["doc_id", "content_hash"], how="semi").select("doc_id")
+    del old, docs
+    reused_metadata: list[pl.DataFrame] = []  # doc_id, the document's metadata now, for its kept chunks
+    keys: list[pl.DataFrame] = []  # chunk_id, chunk_hash of every chunk written
     documents = split_docs = tokens = max_tokens = 0
 
     with lake.writer(CHUNKS, shard) as out:
@@ -216,17 +209,17 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
         def add(rows: pa.Table) -> None:
             nonlocal tokens, max_tokens
             out.add(rows)
-            keys.extend(zip(rows["chunk_id"].to_pylist(), rows["chunk_hash"].to_pylist()))
+            keys.append(pl.from_arrow(rows.select(["chunk_id", "chunk_hash"])))
             tokens += pc.sum(rows["token_count"]).as_py() or 0
             max_tokens = max(max_tokens, pc.max(rows["token_count"]).as_py() or 0)
 
         for batch in lake.partition_batches(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash")):
+            documents += batch.num_rows
+            kept = pl.from_arrow(batch.select(["doc_id", "metadata"])).join(reusable, on="doc_id", how="semi")
+            reused_metadata.append(kept)
+            batch = batch.filter(pc.invert(pc.is_in(batch["doc_id"], value_set=kept["doc_id"].to_arrow())))
             rows = []
             for doc in batch.to_pylist():
-                documents += 1
-                if doc["doc_id"] in reusable:
-                    reused_metadata[doc["doc_id"]] = doc["metadata"]
-                    continue
                 split_docs += 1
                 for c in chunker.split(doc["text"]):
                     rows.append(
@@ -238,25 +231,24 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
                         }
                     )
             add(pa.Table.from_pylist(rows, CHUNKS.arrow_schema))
-        if reused_metadata:  # kept chunks, copied from the previous partition with their document's metadata now
-            keep = pa.array(sorted(reused_metadata), pa.string())
+        metadata_now = stacked(reused_metadata, {"doc_id": pl.String, "metadata": pl.String})
+        if metadata_now.height:  # kept chunks, copied from the previous partition with their document's metadata now
             for batch in lake.partition_batches(CHUNKS, shard):
-                batch = batch.filter(pc.is_in(batch["doc_id"], value_set=keep))
-                field = CHUNKS.arrow_schema.field("metadata")
-                metadata = pa.array([reused_metadata[d] for d in batch["doc_id"].to_pylist()], field.type)
-                add(batch.set_column(batch.schema.get_field_index("metadata"), field, metadata))
+                batch = pl.from_arrow(batch).join(metadata_now, on="doc_id", how="inner", suffix="_now", maintain_order="left")
+                add(batch.with_columns(metadata=pl.col("metadata_now")).drop("metadata_now").to_arrow())
         result = out.commit()
+    written = stacked(keys, {"chunk_id": pl.String, "chunk_hash": pl.String})
     return dg.MaterializeResult(
         metadata=table_metadata(
             CHUNKS, result, started,
             documents=documents,
             documents_split=split_docs,
-            chunks=len(keys),
+            chunks=written.height,
             tokens=tokens,
             max_chunk_tokens=max_tokens,
             chunker=chunker.settings_key,
         ),
-        data_version=dg.DataVersion(digest(keys)),
+        data_version=dg.DataVersion(frame_digest(written)),
     )
 
 
@@ -276,91 +268,91 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     shard = context.partition_key
     lake = iceberg.lakehouse()
     model_key = model.info().key
-    wanted = lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "token_count"))  # no text: it is streamed below
-    chunk_ids_of: dict[str, list[str]] = {}  # chunk_hash -> chunks with that text (a text can repeat)
-    token_count: dict[str, int] = {}
-    for cid, h, t in zip(*(wanted[c].to_pylist() for c in ("chunk_id", "chunk_hash", "token_count"))):
-        chunk_ids_of.setdefault(h, []).append(cid)
-        token_count[h] = t
-    n_chunks = wanted.num_rows
-    del wanted
+    # Every chunk's id and hash, without its text (streamed below). A text can repeat, so several chunks
+    # can share one hash and one vector. Held as frames: ~150 B a chunk, not Python objects.
+    wanted = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "token_count")))
+    hashes = wanted.group_by("chunk_hash").agg(pl.col("token_count").first())
 
     # Reuse: first this shard's previous rows, then other shards' rows, for the same (hash, model).
     same_model = EqualTo("model", model_key)
     own = EqualTo("shard", shard) & same_model
-    from_own = set(lake.scan(EMBEDDINGS, own, ("chunk_hash",))["chunk_hash"].to_pylist()) & chunk_ids_of.keys()
-    others = lake.scan(EMBEDDINGS, In("chunk_hash", chunk_ids_of.keys() - from_own) & same_model, ("chunk_hash",)) \
-        if len(chunk_ids_of) > len(from_own) else EMBEDDINGS.arrow_schema.empty_table()
-    from_others = set(others["chunk_hash"].to_pylist())
-    to_embed = chunk_ids_of.keys() - from_own - from_others
-    tokens = sum(token_count[h] for h in to_embed)
-    del token_count, others
+    not_own = hashes.join(pl.from_arrow(lake.scan(EMBEDDINGS, own, ("chunk_hash",))), on="chunk_hash", how="anti")
+    # Other shards' hashes stream past and are matched by a join (an `In` filter would hold every hash of
+    # a new shard as Python objects; random hashes prune no files either way).
+    from_others = stacked(
+        [pl.from_arrow(b).join(not_own, on="chunk_hash", how="semi") for b in lake.batches(EMBEDDINGS, same_model, ("chunk_hash",))]
+        if not_own.height else [], {"chunk_hash": pl.String},
+    ).unique()
+    to_embed = not_own.join(from_others, on="chunk_hash", how="anti")
+    tokens = int(to_embed["token_count"].sum())
+    del not_own
 
-    remaining = set(chunk_ids_of)  # hashes whose rows are not written yet
+    pending = hashes.select("chunk_hash")  # hashes whose rows are not written yet
+    chunk_ids = wanted.select("chunk_hash", "chunk_id")
     embed_seconds, embedded, stamp = 0.0, 0, now()
     cols = ("chunk_hash", "dim", "vector", "embedded_at")
     with lake.writer(EMBEDDINGS, shard) as out:
 
         def add(found: pa.Table) -> None:
             """Rows for every chunk of the shard whose hash `found` (chunk_hash, dim, vector, embedded_at) has."""
-            take, chunk_ids = [], []
-            for i, h in enumerate(found["chunk_hash"].to_pylist()):
-                if h in remaining:
-                    remaining.discard(h)
-                    take.extend([i] * len(chunk_ids_of[h]))
-                    chunk_ids.extend(chunk_ids_of[h])
-            if take:
-                rows = found.take(pa.array(take, pa.int64()))
-                out.add(rows.append_column("shard", pa.array([shard] * len(take), pa.string()))
-                        .append_column("chunk_id", pa.array(chunk_ids, pa.string()))
-                        .append_column("model", pa.array([model_key] * len(take), pa.string())))
+            nonlocal pending
+            first = first_of_each(pl.DataFrame({"chunk_hash": pl.from_arrow(found["chunk_hash"]), "i": np.arange(found.num_rows)}), pending)
+            if first.is_empty():
+                return
+            pending = pending.join(first, on="chunk_hash", how="anti")
+            rows = first.join(chunk_ids, on="chunk_hash").sort("i", "chunk_id")
+            n = rows.height
+            out.add(found.take(rows["i"].to_arrow())
+                    .append_column("shard", pa.array([shard] * n, pa.string()))
+                    .append_column("chunk_id", rows["chunk_id"].to_arrow().cast(pa.string()))
+                    .append_column("model", pa.array([model_key] * n, pa.string())))
 
         for batch in lake.batches(EMBEDDINGS, own, cols):
             add(batch)
-        for batch in lake.where_in_batches(EMBEDDINGS, "chunk_hash", from_others, cols, extra=same_model):
+        for batch in lake.where_in_batches(EMBEDDINGS, "chunk_hash", from_others["chunk_hash"].to_list(), cols, extra=same_model):
             add(batch)
-        if to_embed:  # texts streamed from the chunks partition, a window at a time through the model
+        if to_embed.height:  # texts streamed from the chunks partition, a window at a time through the model
             embedder = model.embedder()
-            window: dict[str, str] = {}
             window_size = EMBED_WINDOW * (8 if embedder.cuda else 1)
+            todo = to_embed.select("chunk_hash")
 
-            def embed() -> None:
+            def embed(window: pl.DataFrame) -> None:
                 nonlocal embed_seconds, embedded
                 t0 = time.perf_counter()
-                vectors = embedder.encode(list(window.values()))
+                vectors = embedder.encode(window["text"].to_list())
                 embed_seconds += time.perf_counter() - t0
-                embedded += len(window)
-                add(new_vectors(list(window), vectors, stamp))
-                window.clear()
-                context.log.info(f"embedded {embedded}/{len(to_embed)} chunks on {embedder.device}")
+                embedded += window.height
+                add(new_vectors(window["chunk_hash"].to_list(), vectors, stamp))
+                context.log.info(f"embedded {embedded}/{to_embed.height} chunks on {embedder.device}")
 
+            window = pl.DataFrame(schema={"chunk_hash": pl.String, "text": pl.String})
             for batch in lake.partition_batches(CHUNKS, shard, ("chunk_hash", "text")):
-                for h, text in zip(batch["chunk_hash"].to_pylist(), batch["text"].to_pylist()):
-                    if h in to_embed and h in remaining and h not in window:
-                        window[h] = text
-                        if len(window) >= window_size:
-                            embed()
-            if window:
-                embed()
+                fresh = first_of_each(pl.from_arrow(batch), todo)
+                todo = todo.join(fresh, on="chunk_hash", how="anti")
+                window = pl.concat([window, fresh])
+                while window.height >= window_size:
+                    embed(window.head(window_size))
+                    window = window.slice(window_size)
+            if window.height:
+                embed(window)
             context.log.info(f"embedded {embedded} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
         result = out.commit()
 
-    written = lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model"))
-    have = {(c, h) for c, h, m in zip(*(written[k].to_pylist() for k in ("chunk_id", "chunk_hash", "model"))) if m == model_key}
-    absent = [c for h, ids in chunk_ids_of.items() for c in ids if (c, h) not in have]
+    written = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model")))
+    absent = wanted.join(written.filter(pl.col("model") == model_key), on=["chunk_id", "chunk_hash"], how="anti")["chunk_id"]
     check = dg.AssetCheckResult(
         check_name="all_chunks_embedded",
-        passed=not absent and written.num_rows == n_chunks,
-        metadata={"chunks": n_chunks, "embedded_rows": written.num_rows, "missing": len(absent),
-                  "missing_sample": dg.MetadataValue.json(absent[:10])},
+        passed=absent.is_empty() and written.height == wanted.height,
+        metadata={"chunks": wanted.height, "embedded_rows": written.height, "missing": absent.len(),
+                  "missing_sample": dg.MetadataValue.json(absent.head(10).to_list())},
     )
     return dg.MaterializeResult(
         metadata=table_metadata(
             EMBEDDINGS, result, started,
-            chunks=n_chunks,
+            chunks=wanted.height,
             embedded=embedded,
-            reused=n_chunks - embedded,  # chunks not sent to the model (incl. repeats of one text in this shard)
-            reused_from_other_shards=len(from_others),
+            reused=wanted.height - embedded,  # chunks not sent to the model (incl. repeats of one text in this shard)
+            reused_from_other_shards=from_others.height,
             tokens_embedded=tokens,
             embed_seconds=round(embed_seconds, 3),
             tokens_per_second=round(tokens / embed_seconds, 1) if embed_seconds else 0.0,
@@ -370,70 +362,13 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         ),
         check_results=[check],
-        data_version=dg.DataVersion(digest([(c, h, model_key) for h, ids in chunk_ids_of.items() for c in ids])),
+        data_version=dg.DataVersion(frame_digest(chunk_ids.select("chunk_id", "chunk_hash", model=pl.lit(model_key)))),
     )
 
 
-@dataclass(frozen=True)
-class PointKey:
-    chunk_id: str
-    chunk_hash: str
-    model: str
-    dim: int
-
-
-def shard_point_keys(lake: Lakehouse, shard: str) -> dict[str, PointKey]:
-    """point id -> what the collection must hold for each chunk of `shard` (no vectors, no text)."""
-    emb = lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "dim"))
-    chunk_ids = set(lake.read_partition(CHUNKS, shard, ("chunk_id",))["chunk_id"].to_pylist())
-    keys = {point_id_for(c): PointKey(c, h, m, d) for c, h, m, d in zip(*(emb[k].to_pylist() for k in emb.column_names))}
-    if len(keys) != emb.num_rows or any(k.chunk_id not in chunk_ids for k in keys.values()):
-        raise dg.Failure(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
-    return keys
-
-
-def point_batches(lake: Lakehouse, shard: str, keys: dict[str, PointKey], size: int = POINT_BATCH) -> Iterator[list[Point]]:
-    """The points for `keys` (a selection of `shard_point_keys`), built from the Iceberg tables `size` at
-    a time. Vectors and texts sit in different tables in different orders, so the wanted vectors are
-    first spilled to a temporary file (float32, one row each) and read back by row while the chunk texts
-    stream by: memory stays at one batch however many points are rebuilt."""
-    if not keys:
-        return
-    by_chunk = {k.chunk_id: pid for pid, k in keys.items()}
-    dim = next(iter(keys.values())).dim
-    row_of: dict[str, int] = {}  # chunk_id -> row in the spill file
-    with tempfile.TemporaryFile(prefix="rag-vectors-") as spill:
-        wanted = pa.array(sorted(by_chunk), pa.string())
-        for batch in lake.partition_batches(EMBEDDINGS, shard, ("chunk_id", "vector")):
-            batch = batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted))
-            values = batch["vector"].combine_chunks().flatten().to_numpy()
-            if values.size != batch.num_rows * dim:  # rows are found by position: every vector must be `dim` long
-                raise dg.Failure(f"embeddings of shard {shard!r} are not all {dim}-d; materialize embeddings first")
-            for cid in batch["chunk_id"].to_pylist():
-                row_of[cid] = len(row_of)
-            spill.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
-        spill.flush()
-        fd, row_bytes = spill.fileno(), dim * 4
-        docs = lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri"))
-        doc_info = dict(zip(docs["doc_id"].to_pylist(), zip(docs["title"].to_pylist(), docs["source_uri"].to_pylist())))
-        del docs
-        points: list[Point] = []
-        for batch in lake.partition_batches(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")):
-            for r in batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted)).to_pylist():
-                pid = by_chunk[r["chunk_id"]]
-                key = keys[pid]
-                vector = np.frombuffer(os.pread(fd, row_bytes, row_of[r["chunk_id"]] * row_bytes), dtype=np.float32)
-                title, source_uri = doc_info.get(r["doc_id"], (None, None))
-                points.append(Point(pid, vector, {
-                    "shard": shard, "model": key.model, "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
-                    "chunk_index": r["chunk_index"], "chunk_hash": key.chunk_hash, "title": title, "text": r["text"],
-                    "source_uri": source_uri,
-                }))
-                if len(points) >= size:
-                    yield points
-                    points = []
-        if points:
-            yield points
+def first_of_each(rows: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each chunk_hash in `rows` whose hash is in `keep`, in order."""
+    return rows.unique("chunk_hash", keep="first", maintain_order=True).join(keep, on="chunk_hash", how="semi", maintain_order="left")
 
 
 def index_settings(model: ModelResource, qdrant: QdrantResource) -> dict[str, str]:
@@ -485,60 +420,52 @@ def vector_index(
     lake = iceberg.lakehouse()
     model_key = model.info().key
     desired = shard_point_keys(lake, shard)
-    stale = sum(1 for k in desired.values() if k.model != model_key)
+    stale = desired.filter(pl.col("model") != model_key).height
     if stale:
         raise dg.Failure(f"{stale} embeddings of shard {shard!r} are not from {model_key}; materialize embeddings first")
 
     index = qdrant.index()
     with index.session() as session:
-        if desired:
-            session.ensure_collection(next(iter(desired.values())).dim)
+        if desired.height:
+            session.ensure_collection(desired["dim"][0])
             foreign = session.count(other_model=model_key)
             if foreign:
                 raise CollectionMismatch(
                     f"collection {index.collection!r} holds {foreign} points of another model; a model change is a "
                     "full re-embed into a new collection: set RAG_QDRANT_COLLECTION"
                 )
-        live = session.shard_points(shard)
-        to_upsert = {pid: k for pid, k in desired.items() if live.get(pid) != k.chunk_hash}
-        to_delete = sorted(live.keys() - desired.keys())
+        to_upsert, to_delete = points_to_sync(desired, session.shard_points(shard))
         for points in point_batches(lake, shard, to_upsert):
             session.upsert(points)
-        session.delete(to_delete)
+        session.delete(to_delete.to_list())
         after = session.shard_points(shard)
 
-    previous = carried(
-        lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "synced_at")), "point_id", "chunk_hash", "synced_at"
+    # Rows of unchanged points keep their synced_at, so a re-run writes the same rows (and commits nothing).
+    previous = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "synced_at")))
+    rows = desired.select(
+        shard=pl.lit(shard), chunk_id="chunk_id", point_id="point_id", chunk_hash="chunk_hash",
+        collection=pl.lit(index.collection), synced_at=pl.lit(now()),
     )
-    stamp = now()
+    rows = keep_stamps(rows, previous, "point_id", "chunk_hash", "synced_at")
     with lake.writer(VECTOR_INDEX, shard) as out:
-        rows = []
-        for pid, k in desired.items():
-            old_hash, old_stamp = previous.get(pid, (None, None))
-            rows.append({"shard": shard, "chunk_id": k.chunk_id, "point_id": pid, "chunk_hash": k.chunk_hash,
-                         "collection": index.collection, "synced_at": old_stamp if old_hash == k.chunk_hash else stamp})
-            if len(rows) >= POINT_BATCH:
-                out.add(rows)
-                rows = []
-        out.add(rows)
+        for part in rows.iter_slices(POINT_BATCH):
+            out.add(part.to_arrow())
         result = out.commit()
 
-    missing = sorted(desired.keys() - after.keys())
-    extra = sorted(after.keys() - desired.keys())
-    wrong = sorted(pid for pid in desired.keys() & after.keys() if desired[pid].chunk_hash != after[pid])
+    wrong = mismatches(desired, after)
     check = dg.AssetCheckResult(
         check_name="index_matches_table",
-        passed=not (missing or extra or wrong),
-        metadata={"points": len(after), "rows": len(desired), "missing": len(missing), "extra": len(extra),
-                  "wrong_hash": len(wrong), "sample": dg.MetadataValue.json((missing + extra + wrong)[:10])},
+        passed=not any(wrong.values()),
+        metadata={"points": after.height, "rows": desired.height, **{k: len(v) for k, v in wrong.items()},
+                  "sample": dg.MetadataValue.json([p for v in wrong.values() for p in v][:10])},
     )
     return dg.MaterializeResult(
         metadata=table_metadata(
             VECTOR_INDEX, result, started,
-            points=len(after),
-            upserted=len(to_upsert),
-            deleted=len(to_delete),
-            unchanged=len(desired) - len(to_upsert),
+            points=after.height,
+            upserted=to_upsert.height,
+            deleted=to_delete.len(),
+            unchanged=desired.height - to_upsert.height,
             collection=index.collection,
             # The fingerprint this shard is now fully synced to: the sensor compares against it, so a
             # shard whose run failed half-way is requested again on the next tick.
@@ -546,7 +473,7 @@ def vector_index(
             **index_settings(model, qdrant),
         ),
         check_results=[check],
-        data_version=dg.DataVersion(digest([(pid, k.chunk_hash) for pid, k in desired.items()])),
+        data_version=dg.DataVersion(frame_digest(desired.select("point_id", "chunk_hash"))),
     )
 
 

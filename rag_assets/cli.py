@@ -121,6 +121,7 @@ def _status(settings: Settings) -> dict:
     import polars as pl
 
     from rag_assets.assets import shards, vector_index
+    from rag_assets.points import mismatches
     from rag_assets.resources import build_resources
     from rag_assets.sync import latest_metadata
     from rag_assets.tables import CHUNKS, RAW_DOCUMENTS, VECTOR_INDEX
@@ -139,15 +140,15 @@ def _status(settings: Settings) -> dict:
     out = {}
     with res["qdrant"].index().session() as session:
         for shard in partitions:
-            expected = {r["point_id"]: r["chunk_hash"] for r in lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash")).to_pylist()}
+            expected = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash")))
             live = session.shard_points(shard)
             stamp = synced.get(shard, {}).get("_timestamp")
             out[shard] = {
                 "documents": docs.get(shard, 0),
                 "chunks": chunk_counts.get(shard, 0),
-                "points": len(live),
+                "points": live.height,
                 "last_sync": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat() if stamp else None,
-                "in_sync": bool(stamp) and live == expected,
+                "in_sync": bool(stamp) and not any(mismatches(expected, live).values()),
             }
     return {"shards": out}
 

@@ -22,11 +22,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from rag_assets.faults import failpoint
 
 log = logging.getLogger(__name__)
 POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
 INDEXED_FIELDS = ("shard", "model", "doc_id")
+LIVE_POINTS = {"point_id": pl.String, "chunk_hash": pl.String}  # schema of `IndexSession.shard_points`
 FACET_LIMIT = 1_000_000  # more distinct shards than any collection holds
 
 
@@ -77,7 +80,7 @@ class IndexSession:
     """Operations on an open collection; obtained from `VectorIndex.session()`."""
 
     def ensure_collection(self, dim: int) -> None: ...
-    def shard_points(self, shard: str) -> dict[str, str]: ...  # point id -> chunk_hash
+    def shard_points(self, shard: str) -> pl.DataFrame: ...  # point_id, chunk_hash of every point of `shard`
     def upsert(self, points: Sequence[Point]) -> None: ...
     def delete(self, ids: Sequence[str]) -> None: ...
     def delete_shard(self, shard: str) -> int: ...
@@ -87,15 +90,18 @@ class IndexSession:
     def shard_counts(self) -> dict[str, int]: ...  # shard -> points, for every shard the collection holds
 
     @staticmethod
-    def _hashes(page) -> dict[str, str]:
-        """Point id -> chunk_hash over all scroll pages; `page(offset)` returns (records, next_offset)."""
-        found: dict[str, str] = {}
-        offset = None
+    def _hashes(page) -> pl.DataFrame:
+        """point_id, chunk_hash over all scroll pages; `page(offset)` returns (records, next_offset). One
+        page of records at a time is held as Python objects, the rest in a polars frame."""
+        frames, offset = [], None
         while True:
             records, offset = page(offset)
-            found.update({str(r.id): (r.payload or {}).get("chunk_hash", "") for r in records})
+            frames.append(pl.DataFrame(
+                {"point_id": [str(r.id) for r in records], "chunk_hash": [(r.payload or {}).get("chunk_hash", "") for r in records]},
+                schema=LIVE_POINTS,
+            ))
             if offset is None:
-                return found
+                return pl.concat(frames)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,11 +172,11 @@ class EdgeSession(IndexSession):
         (self.index.path / "rag_collection.json").write_text(json.dumps({"dim": dim, "distance": DISTANCE}))
         self.dirty = True
 
-    def shard_points(self, shard: str) -> dict[str, str]:
+    def shard_points(self, shard: str) -> pl.DataFrame:
         from qdrant_edge import ScrollRequest
 
         if self.shard is None:
-            return {}
+            return pl.DataFrame(schema=LIVE_POINTS)
         return self._hashes(
             lambda offset: self.shard.scroll(
                 ScrollRequest(offset=offset, limit=4096, filter=_edge_filter(shard), with_payload=["chunk_hash"])
@@ -360,9 +366,9 @@ class ServerSession(IndexSession):
             schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=name == "shard")
             self.client.create_payload_index(self.name, name, schema, wait=True)
 
-    def shard_points(self, shard: str) -> dict[str, str]:
+    def shard_points(self, shard: str) -> pl.DataFrame:
         if not self.exists():
-            return {}
+            return pl.DataFrame(schema=LIVE_POINTS)
         return self._hashes(
             lambda offset: self.client.scroll(
                 self.name, scroll_filter=_server_filter(shard), limit=4096, offset=offset, with_payload=["chunk_hash"]

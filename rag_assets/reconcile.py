@@ -8,12 +8,12 @@ the table no longer knows at all. Shards with a run in flight are skipped: that 
 """
 
 
-from collections import defaultdict
-
 import dagster as dg
+import polars as pl
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
-from rag_assets.assets import point_batches, shard_point_keys
+from rag_assets.index import LIVE_POINTS
+from rag_assets.points import mismatches, point_batches, shard_point_keys
 from rag_assets.config import Settings
 from rag_assets.resources import IcebergResource, QdrantResource
 from rag_assets.sensors import SHARD_TAG  # on sensor runs, shard removals included (they have no partition)
@@ -31,29 +31,26 @@ def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[
     """Repair drift between `vector_index` and the live collection; returns per-shard repairs and totals."""
     lake = iceberg.lakehouse()
     index = qdrant.index()
-    rows = lake.table(VECTOR_INDEX).scan(selected_fields=("shard", "point_id", "chunk_hash", "collection")).to_arrow()
-    expected: dict[str, dict[str, str]] = defaultdict(dict)
-    for r in rows.to_pylist():
-        if r["collection"] == index.collection:
-            expected[r["shard"]][r["point_id"]] = r["chunk_hash"]
+    listed = pl.from_arrow(lake.table(VECTOR_INDEX).scan(selected_fields=("shard",)).to_arrow())["shard"].unique().to_list()
 
     shards: dict[str, dict] = {}
     with index.session() as session:
         live_counts = session.shard_counts()
-        for shard in sorted(set(expected) | set(live_counts)):
+        for shard in sorted(set(listed) | set(live_counts)):
             if shard in busy:
                 shards[shard] = {"skipped": "run in progress"}
                 continue
-            want = expected.get(shard, {})
-            live = session.shard_points(shard) if shard in live_counts else {}
-            missing = [pid for pid in want if pid not in live]
-            stale = [pid for pid in want if pid in live and live[pid] != want[pid]]
-            extra = sorted(set(live) - set(want))
+            # One shard's ids and hashes at a time, as frames: the whole table's never are.
+            want = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "collection"))) \
+                .filter(pl.col("collection") == index.collection).drop("collection")
+            live = session.shard_points(shard) if shard in live_counts else pl.DataFrame(schema=LIVE_POINTS)
+            drift = mismatches(want, live)
+            missing, stale, extra = drift["missing"], drift["wrong_hash"], drift["extra"]
             pending = 0  # listed in vector_index, but embeddings moved on since: the shard's next run syncs it
             if missing or stale:
-                keys = shard_point_keys(lake, shard)
-                repair = {pid: keys[pid] for pid in missing + stale if pid in keys and keys[pid].chunk_hash == want[pid]}
-                pending = len(missing) + len(stale) - len(repair)
+                broken = want.filter(pl.col("point_id").is_in(missing + stale))
+                repair = shard_point_keys(lake, shard).join(broken, on=["point_id", "chunk_hash"], how="semi")
+                pending = len(missing) + len(stale) - repair.height
                 for points in point_batches(lake, shard, repair):  # rebuilt from the tables, a batch at a time
                     session.upsert(points)
             session.delete(extra)
@@ -63,7 +60,7 @@ def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[
         after = session.shard_counts()
     totals = {k: sum(row.get(k, 0) for row in shards.values()) for k in ("missing", "stale", "extra", "pending")}
     totals["skipped"] = sum(1 for row in shards.values() if "skipped" in row)
-    totals["shards_checked"] = len(set(expected) | set(live_counts))
+    totals["shards_checked"] = len(set(listed) | set(live_counts))
     totals["points"] = sum(after.values())
     return {"collection": index.collection, "shards": shards, "totals": totals}
 

@@ -39,7 +39,7 @@ def state(env) -> dict:
         rows = lake.table(spec).scan().to_arrow().drop_columns([c for c in TIME_COLUMNS if c in set_of(spec)]).to_pylist()
         out[spec.name] = sorted(rows, key=lambda r: json.dumps({k: v for k, v in r.items() if k != "vector"}, sort_keys=True))
     with env.resources()["qdrant"].index().session() as session:
-        out["points"] = {s: session.shard_points(s) for s in ("north", "south")}
+        out["points"] = {s: dict(session.shard_points(s).iter_rows()) for s in ("north", "south")}
         out["point_count"] = session.count()
     return out
 

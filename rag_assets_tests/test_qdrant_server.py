@@ -110,7 +110,7 @@ def test_upserts_in_batches_and_parallel_land_every_point():
         session.upsert(points)
         session.upsert(points[:10])  # idempotent: the same ids are overwritten, not added
         assert session.count() == 100 and session.shard_counts() == {"s0": 34, "s1": 33, "s2": 33}
-        assert session.shard_points("s1") == {p.id: p.payload["chunk_hash"] for p in points if p.payload["shard"] == "s1"}
+        assert dict(session.shard_points("s1").iter_rows()) == {p.id: p.payload["chunk_hash"] for p in points if p.payload["shard"] == "s1"}
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ index that one piece each gives, also when a text repeats across pieces and when
 import pyarrow.parquet as pq
 import pytest
 
-from rag_assets import assets
+from rag_assets import assets, points
 from rag_assets.sync import run_sync
 from rag_assets.tables import CHUNKS, Lakehouse, PartitionWriter
 from rag_assets_tests.conftest import make_env
@@ -45,8 +45,9 @@ def test_tiny_batches_give_the_same_tables_and_index(tmp_path, monkeypatch):
 
     env = make_env(tmp_path / "tiny", monkeypatch)
     corpus(env.source)
-    for name, value in (("DOCUMENT_BATCH", 2), ("EMBED_WINDOW", 3), ("POINT_BATCH", 2)):
+    for name, value in (("DOCUMENT_BATCH", 2), ("EMBED_WINDOW", 3)):
         monkeypatch.setattr(assets, name, value)
+    monkeypatch.setattr(points, "POINT_BATCH", 2)
     monkeypatch.setattr(PartitionWriter, "BUFFER_BYTES", 2048)
     monkeypatch.setattr(Lakehouse, "READ_ROWS", 3)
     report = sync(env)

@@ -1,0 +1,115 @@
+"""A shard's points: what the collection must hold for it, how the live collection differs, and the
+points themselves, built from the Iceberg tables a batch at a time.
+
+Memory: the per-chunk bookkeeping (point ids, chunk ids, hashes) is held as polars frames, ~200 bytes
+a chunk in Arrow buffers, not as Python objects (~2-3 KB a chunk as dicts of strings and tuples).
+Joins replace dict lookups; texts and vectors are never held for more than one batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pyarrow.compute as pc
+
+from rag_assets.index import Point, point_id_for
+from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, Lakehouse
+
+POINT_BATCH = 1024  # points built and upserted at a time
+
+
+class ShardMismatch(dg.Failure):
+    """The shard's embeddings do not match its chunks: an upstream step has to run first."""
+
+
+def frame_digest(frame: pl.DataFrame) -> str:
+    """sha256 over the frame's rows in sorted order, each row's values joined by NUL and ended by a
+    newline: the same value the Python `sorted(rows)` digest gives (UTF-8 byte order is code-point
+    order), computed without a Python object per row."""
+    h = hashlib.sha256()
+    if frame.height:
+        lines = frame.sort(frame.columns).select(pl.concat_str(pl.all().cast(pl.String), separator="\0"))
+        for part in lines.to_series().to_frame().iter_slices(65536):
+            h.update(("\n".join(part.to_series().to_list()) + "\n").encode())
+    return h.hexdigest()
+
+
+def shard_point_keys(lake: Lakehouse, shard: str) -> pl.DataFrame:
+    """point_id, chunk_id, chunk_hash, model, dim: what the collection must hold for each chunk of
+    `shard` (no vectors, no text)."""
+    emb = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model", "dim")))
+    chunk_ids = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id",)))
+    if emb["chunk_id"].n_unique() != emb.height or emb.join(chunk_ids, on="chunk_id", how="anti").height:
+        raise ShardMismatch(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
+    point_ids = pl.Series("point_id", [point_id_for(c) for c in emb["chunk_id"]], pl.String)
+    return emb.with_columns(point_ids).select("point_id", "chunk_id", "chunk_hash", "model", "dim")
+
+
+def points_to_sync(desired: pl.DataFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """(rows of `desired` whose point is missing or holds another chunk hash, ids of live points that
+    `desired` does not list)."""
+    current = desired.join(live, on=["point_id", "chunk_hash"], how="semi")
+    upsert = desired.join(current, on="point_id", how="anti", maintain_order="left")
+    delete = live.join(desired, on="point_id", how="anti").sort("point_id")["point_id"]
+    return upsert, delete
+
+
+def mismatches(desired: pl.DataFrame, live: pl.DataFrame) -> dict[str, list[str]]:
+    """Point ids missing from `live`, extra in it, and held with another chunk hash."""
+    both = desired.join(live, on="point_id", how="inner", suffix="_live")
+    return {
+        "missing": desired.join(live, on="point_id", how="anti")["point_id"].sort().to_list(),
+        "extra": live.join(desired, on="point_id", how="anti")["point_id"].sort().to_list(),
+        "wrong_hash": both.filter(pl.col("chunk_hash") != pl.col("chunk_hash_live"))["point_id"].sort().to_list(),
+    }
+
+
+def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | None = None) -> Iterator[list[Point]]:
+    """The points for `keys` (rows of `shard_point_keys`), built from the Iceberg tables `size` at a time.
+    Vectors and texts sit in different tables in different orders, so the wanted vectors are first
+    spilled to a temporary file (float32, one row each) and read back by row while the chunk texts
+    stream by: memory stays at one batch however many points are rebuilt."""
+    if keys.is_empty():
+        return
+    size = size or POINT_BATCH
+    dim = keys["dim"][0]
+    wanted = keys["chunk_id"].to_arrow()
+    spilled: list[pl.DataFrame] = []  # chunk_id -> row in the spill file
+    with tempfile.TemporaryFile(prefix="rag-vectors-") as spill:
+        rows = 0
+        for batch in lake.partition_batches(EMBEDDINGS, shard, ("chunk_id", "vector")):
+            batch = batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted))
+            values = batch["vector"].combine_chunks().flatten().to_numpy()
+            if values.size != batch.num_rows * dim:  # rows are found by position: every vector must be `dim` long
+                raise ShardMismatch(f"embeddings of shard {shard!r} are not all {dim}-d; materialize embeddings first")
+            spilled.append(pl.DataFrame({"chunk_id": pl.from_arrow(batch["chunk_id"]),
+                                         "row": np.arange(rows, rows + batch.num_rows, dtype=np.int64)}))
+            rows += batch.num_rows
+            spill.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+        spill.flush()
+        located = keys.join(pl.concat(spilled), on="chunk_id")
+        del spilled
+        fd, row_bytes = spill.fileno(), dim * 4
+        docs = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
+        points: list[Point] = []
+        for batch in lake.partition_batches(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")):
+            batch = pl.from_arrow(batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted)))
+            batch = batch.join(located, on="chunk_id", maintain_order="left").join(docs, on="doc_id", how="left", maintain_order="left")
+            for r in batch.iter_rows(named=True):
+                vector = np.frombuffer(os.pread(fd, row_bytes, r["row"] * row_bytes), dtype=np.float32)
+                points.append(Point(r["point_id"], vector, {
+                    "shard": shard, "model": r["model"], "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
+                    "chunk_index": r["chunk_index"], "chunk_hash": r["chunk_hash"], "title": r["title"],
+                    "text": r["text"], "source_uri": r["source_uri"],
+                }))
+                if len(points) >= size:
+                    yield points
+                    points = []
+        if points:
+            yield points
