@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import EqualTo, In
 
 from rag_assets.launcher import GPU_POOL, GPU_TAG
 from rag_assets.index import CollectionMismatch
@@ -278,11 +278,13 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     own = EqualTo("shard", shard) & same_model
     not_own = hashes.join(pl.from_arrow(lake.scan(EMBEDDINGS, own, ("chunk_hash",))), on="chunk_hash", how="anti")
     # Other shards' hashes stream past and are matched by a join (an `In` filter would hold every hash of
-    # a new shard as Python objects; random hashes prune no files either way).
+    # a new shard as Python objects; random hashes prune no files either way). Each reused hash is then
+    # read from one shard only (the first by name), so the vectors are read from the few partitions that
+    # hold them, not from every file of the table.
     from_others = stacked(
-        [pl.from_arrow(b).join(not_own, on="chunk_hash", how="semi") for b in lake.batches(EMBEDDINGS, same_model, ("chunk_hash",))]
-        if not_own.height else [], {"chunk_hash": pl.String},
-    ).unique()
+        [pl.from_arrow(b).join(not_own, on="chunk_hash", how="semi") for b in lake.batches(EMBEDDINGS, same_model, ("chunk_hash", "shard"))]
+        if not_own.height else [], {"chunk_hash": pl.String, "shard": pl.String},
+    ).group_by("chunk_hash").agg(pl.col("shard").min())
     to_embed = not_own.join(from_others, on="chunk_hash", how="anti")
     tokens = int(to_embed["token_count"].sum())
     del not_own
@@ -309,7 +311,9 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
 
         for batch in lake.batches(EMBEDDINGS, own, cols):
             add(batch)
-        for batch in lake.where_in_batches(EMBEDDINGS, "chunk_hash", from_others["chunk_hash"].to_list(), cols, extra=same_model):
+        sources = from_others["shard"].unique().sort().to_list()
+        for batch in lake.where_in_batches(EMBEDDINGS, "chunk_hash", from_others["chunk_hash"].to_list(), cols,
+                                           extra=same_model & In("shard", sources)):
             add(batch)
         if to_embed.height:  # texts streamed from the chunks partition, a window at a time through the model
             embedder = model.embedder()
@@ -353,6 +357,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             embedded=embedded,
             reused=wanted.height - embedded,  # chunks not sent to the model (incl. repeats of one text in this shard)
             reused_from_other_shards=from_others.height,
+            reuse_source_shards=from_others["shard"].n_unique(),  # partitions those vectors were read from
             tokens_embedded=tokens,
             embed_seconds=round(embed_seconds, 3),
             tokens_per_second=round(tokens / embed_seconds, 1) if embed_seconds else 0.0,
