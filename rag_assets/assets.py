@@ -298,7 +298,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
         def add(found: pa.Table) -> None:
             """Rows for every chunk of the shard whose hash `found` (chunk_hash, dim, vector, embedded_at) has."""
             nonlocal pending
-            first = first_of_each(pl.DataFrame({"chunk_hash": pl.from_arrow(found["chunk_hash"]), "i": np.arange(found.num_rows)}), pending)
+            first = first_rows(found, pending)
             if first.is_empty():
                 return
             pending = pending.join(first, on="chunk_hash", how="anti")
@@ -320,24 +320,24 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             window_size = EMBED_WINDOW * (8 if embedder.cuda else 1)
             todo = to_embed.select("chunk_hash")
 
-            def embed(window: pl.DataFrame) -> None:
+            def embed(window: pa.Table) -> None:
                 nonlocal embed_seconds, embedded
                 t0 = time.perf_counter()
-                vectors = embedder.encode(window["text"].to_list())
+                vectors = embedder.encode(window["text"].to_pylist())
                 embed_seconds += time.perf_counter() - t0
-                embedded += window.height
-                add(new_vectors(window["chunk_hash"].to_list(), vectors, stamp))
+                embedded += window.num_rows
+                add(new_vectors(window["chunk_hash"].to_pylist(), vectors, stamp))
                 context.log.info(f"embedded {embedded}/{to_embed.height} chunks on {embedder.device}")
 
-            window = pl.DataFrame(schema={"chunk_hash": pl.String, "text": pl.String})
+            window = CHUNKS.arrow_schema.empty_table().select(["chunk_hash", "text"])  # texts stay in Arrow
             for batch in lake.partition_batches(CHUNKS, shard, ("chunk_hash", "text")):
-                fresh = first_of_each(pl.from_arrow(batch), todo)
+                fresh = first_rows(batch, todo)
                 todo = todo.join(fresh, on="chunk_hash", how="anti")
-                window = pl.concat([window, fresh])
-                while window.height >= window_size:
-                    embed(window.head(window_size))
+                window = pa.concat_tables([window, batch.take(fresh["i"].to_arrow())])
+                while window.num_rows >= window_size:
+                    embed(window.slice(0, window_size))
                     window = window.slice(window_size)
-            if window.height:
+            if window.num_rows:
                 embed(window)
             context.log.info(f"embedded {embedded} chunks ({tokens} tokens) in {embed_seconds:.1f}s on {embedder.device}")
         result = out.commit()
@@ -371,9 +371,10 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     )
 
 
-def first_of_each(rows: pl.DataFrame, keep: pl.DataFrame) -> pl.DataFrame:
-    """The first row of each chunk_hash in `rows` whose hash is in `keep`, in order."""
-    return rows.unique("chunk_hash", keep="first", maintain_order=True).join(keep, on="chunk_hash", how="semi", maintain_order="left")
+def first_rows(rows: pa.Table, keep: pl.DataFrame) -> pl.DataFrame:
+    """chunk_hash, i (row number) of the first row of each chunk_hash in `rows` whose hash is in `keep`, in order."""
+    hashes = pl.DataFrame({"chunk_hash": pl.from_arrow(rows["chunk_hash"]), "i": np.arange(rows.num_rows)})
+    return hashes.unique("chunk_hash", keep="first", maintain_order=True).join(keep, on="chunk_hash", how="semi", maintain_order="left")
 
 
 def index_settings(model: ModelResource, qdrant: QdrantResource) -> dict[str, str]:
