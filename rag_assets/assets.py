@@ -67,8 +67,7 @@ def keep_stamps(rows: pl.DataFrame, previous: pl.DataFrame, key: str, match: str
 
 # Memory: every step streams its partition through in batches (documents, chunks, vectors) and writes it
 # with `Lakehouse.writer`, so what a step holds grows only with its narrow per-row state (ids and hashes,
-# in polars frames: ~100-300 B per document or chunk), never with the text or the vectors. See
-# benchmarks/RESULTS.md.
+# in polars frames), never with the text or the vectors. See benchmarks/RESULTS.md, "Memory".
 DOCUMENT_BATCH = 256  # documents parsed before they are handed to the table writer
 # Chunk texts sent to the model per call: ~4 MB of text and 6 MB of 384-d vectors on the CPU. A GPU gets
 # 8x more per call, so that its one host sync per call and the table writes between calls stay rare.
@@ -269,7 +268,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     lake = iceberg.lakehouse()
     model_key = model.info().key
     # Every chunk's id and hash, without its text (streamed below). A text can repeat, so several chunks
-    # can share one hash and one vector. Held as frames: ~150 B a chunk, not Python objects.
+    # can share one hash and one vector.
     wanted = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "token_count")))
     hashes = wanted.group_by("chunk_hash").agg(pl.col("token_count").first())
 

@@ -1,9 +1,8 @@
 """A shard's points: what the collection must hold for it, how the live collection differs, and the
 points themselves, built from the Iceberg tables a batch at a time.
 
-Memory: the per-chunk bookkeeping (point ids, chunk ids, hashes) is held as polars frames, ~200 bytes
-a chunk in Arrow buffers, not as Python objects (~2-3 KB a chunk as dicts of strings and tuples).
-Joins replace dict lookups; texts and vectors are never held for more than one batch.
+The per-chunk bookkeeping (point ids, chunk ids, hashes) is held as polars frames and compared by joins;
+texts and vectors are never held for more than one batch (benchmarks/RESULTS.md, "Memory").
 """
 
 from __future__ import annotations
