@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from dagster._core.launcher import LaunchRunContext
 
 from rag_assets_tests.test_launcher import create_run
