@@ -7,6 +7,7 @@ re-running a partition reproduces the same rows (and commits nothing).
 
 
 import datetime as dt
+import hashlib
 import os
 import time
 from collections import Counter
@@ -21,7 +22,7 @@ from pyiceberg.expressions import EqualTo, In
 from rag_assets.launcher import GPU_POOL, GPU_TAG
 from rag_assets.index import CollectionMismatch
 from rag_assets.parsing import Document, parse_file
-from rag_assets.points import POINT_BATCH, frame_digest, mismatches, point_batches, points_to_sync, shard_point_keys
+from rag_assets.points import POINT_BATCH, mismatches, point_batches, points_to_sync, shard_point_keys
 from rag_assets.chunking import chunk_id_for
 from rag_assets.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
 from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX, TableSpec, WriteResult
@@ -37,6 +38,18 @@ def shard_asset(**kwargs):
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def frame_digest(frame: pl.DataFrame) -> str:
+    """A data version: sha256 over the frame's rows in sorted order, each row's values joined by NUL and
+    ended by a newline. The same value the earlier `sorted(rows)` digest gave (UTF-8 byte order is
+    code-point order), so data versions recorded before stay valid."""
+    h = hashlib.sha256()
+    if frame.height:
+        lines = frame.sort(frame.columns).select(pl.concat_str(pl.all().cast(pl.String), separator="\0"))
+        for part in lines.iter_slices(65536):
+            h.update(("\n".join(part.to_series().to_list()) + "\n").encode())
+    return h.hexdigest()
 
 
 def table_metadata(spec: TableSpec, result: WriteResult, started: float, **counts) -> dict:

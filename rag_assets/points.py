@@ -7,7 +7,6 @@ texts and vectors are never held for more than one batch (benchmarks/RESULTS.md,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -25,18 +24,6 @@ POINT_BATCH = 1024  # points built and upserted at a time
 
 class ShardMismatch(dg.Failure):
     """The shard's embeddings do not match its chunks: an upstream step has to run first."""
-
-
-def frame_digest(frame: pl.DataFrame) -> str:
-    """sha256 over the frame's rows in sorted order, each row's values joined by NUL and ended by a
-    newline: the same value the Python `sorted(rows)` digest gives (UTF-8 byte order is code-point
-    order), computed without a Python object per row."""
-    h = hashlib.sha256()
-    if frame.height:
-        lines = frame.sort(frame.columns).select(pl.concat_str(pl.all().cast(pl.String), separator="\0"))
-        for part in lines.to_series().to_frame().iter_slices(65536):
-            h.update(("\n".join(part.to_series().to_list()) + "\n").encode())
-    return h.hexdigest()
 
 
 def shard_point_keys(lake: Lakehouse, shard: str) -> pl.DataFrame:
