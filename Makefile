@@ -6,7 +6,7 @@ INFRA_VENV ?= .venv-infra
 export RAG_HOME ?= $(CURDIR)/.rag
 export DAGSTER_HOME ?= $(RAG_HOME)/dagster
 
-.PHONY: install demo dev sync test clean
+.PHONY: install demo dev sync test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,8 +38,11 @@ dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon (sensor) on ht
 sync: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/rag-assets sync
 
-test: install
+test: install  ## the whole suite: unit layer, then real Dagster runs, Iceberg, Qdrant, model, services
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed  ## the unit layer only (planning rules, row builders): seconds, no run, no model
+	$(PY) -m pytest -q rag_assets_tests/unit
 
 clean:
 	rm -rf $(RAG_HOME)

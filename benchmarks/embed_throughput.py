@@ -90,9 +90,10 @@ def main() -> None:
     import pyarrow as pa
     import torch
 
-    from rag_assets.assets import embeddings, shards
+    from rag_assets.defs.assets import embeddings
+    from rag_assets.defs.partitions import shards
     from rag_assets.embedding import Embedder, pick_device
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.resources import build_resources
     from rag_assets.tables import CHUNKS, EMBEDDINGS
 
     device = pick_device(args.device)

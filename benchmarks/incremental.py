@@ -52,7 +52,7 @@ def build_corpus(root: Path, docs: int, shards: int, seed: int = 7) -> list[Path
 def timed_sync(label: str) -> dict:
     import dagster as dg
 
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.resources import build_resources
     from rag_assets.sync import run_sync
 
     started = time.perf_counter()

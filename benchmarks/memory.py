@@ -90,7 +90,7 @@ def child_baseline() -> dict:
     import dagster as dg
 
     import rag_assets.definitions  # noqa: F401  (everything a run imports)
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.resources import build_resources
 
     instance = dg.DagsterInstance.get()
     resources = build_resources()
@@ -109,7 +109,7 @@ def child_sync() -> dict:
     import dagster as dg
     from dagster._core.events import DagsterEventType
 
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.resources import build_resources
     from rag_assets.sync import run_sync
 
     instance = dg.DagsterInstance.get()

@@ -36,9 +36,11 @@ def main() -> None:
 
     import dagster as dg
 
-    from rag_assets.assets import index_settings, shards, vector_index
+    from rag_assets.defs.assets import vector_index
+    from rag_assets.defs.partitions import shards
+    from rag_assets.defs.resources import build_resources
     from rag_assets.definitions import defs
-    from rag_assets.resources import build_resources
+    from rag_assets.shard_state import index_settings
     from rag_assets.source import open_source
 
     instance = dg.DagsterInstance.get()
@@ -52,7 +54,7 @@ def main() -> None:
                 vector_index.key, partition=name, metadata={"source_fingerprint": listing.fingerprint, **settings}
             )
         )
-    sensor = defs.resolve_sensor_def("source_change_sensor")
+    sensor = defs().resolve_sensor_def("source_change_sensor")
     times = []
     for _ in range(args.ticks):
         started = time.perf_counter()

@@ -43,8 +43,9 @@ def sync(as_json: bool) -> None:
 def _sync(settings: Settings, quiet: bool):
     from tqdm import tqdm
 
-    from rag_assets.resources import build_resources
-    from rag_assets.sync import SettingsConflict, run_sync
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.shard_state import SettingsConflict
+    from rag_assets.sync import run_sync
 
     instance = _instance(settings)
     bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
@@ -89,7 +90,7 @@ def search(query: str, k: int, shard: str | None, as_json: bool) -> None:
 
 
 def _search(settings: Settings, query: str, k: int, shard: str | None) -> list[dict]:
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.resources import build_resources
 
     res = build_resources(settings)
     vector = res["model"].embedder().encode([query])[0]
@@ -120,29 +121,24 @@ def _status(settings: Settings) -> dict:
 
     import polars as pl
 
-    from rag_assets.assets import shards, vector_index
-    from rag_assets.points import mismatches
-    from rag_assets.resources import build_resources
-    from rag_assets.sync import latest_metadata
+    from rag_assets.defs.partitions import shards
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.shard_state import TIMESTAMP, VECTOR_INDEX_KEY, latest_metadata
+    from rag_assets.steps.points import mismatches
     from rag_assets.tables import CHUNKS, RAW_DOCUMENTS, VECTOR_INDEX
 
     instance = _instance(settings)
     res = build_resources(settings)
     lake = res["iceberg"].lakehouse()
     partitions = instance.get_dynamic_partitions(shards.name)
-    synced = latest_metadata(instance, vector_index.key)
-
-    def counts(spec) -> dict[str, int]:
-        frame = pl.from_arrow(lake.table(spec).scan(selected_fields=("shard",)).to_arrow())
-        return dict(frame.group_by("shard").len().iter_rows()) if frame.height else {}
-
-    docs, chunk_counts = counts(RAW_DOCUMENTS), counts(CHUNKS)
+    synced = latest_metadata(instance, VECTOR_INDEX_KEY)
+    docs, chunk_counts = lake.row_counts(RAW_DOCUMENTS), lake.row_counts(CHUNKS)
     out = {}
     with res["qdrant"].index().session() as session:
         for shard in partitions:
             expected = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash")))
             live = session.shard_points(shard)
-            stamp = synced.get(shard, {}).get("_timestamp")
+            stamp = synced.get(shard, {}).get(TIMESTAMP)
             out[shard] = {
                 "documents": docs.get(shard, 0),
                 "chunks": chunk_counts.get(shard, 0),
@@ -157,15 +153,16 @@ def _status(settings: Settings) -> dict:
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(as_json: bool) -> None:
     """What the nightly schedule does, now: repair drift between vector_index and the live collection."""
-    from rag_assets.reconcile import reconcile_job
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.jobs import reconcile_job
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.runs import SYNC_TAG, worker_tags
     from rag_assets.sync import QUIET
 
     settings = Settings.from_env()
     res = build_resources(settings)
     result = reconcile_job.execute_in_process(
         instance=_instance(settings), resources={"iceberg": res["iceberg"], "qdrant": res["qdrant"]},
-        run_config=QUIET, tags={"rag/sync": "cli"}, raise_on_error=False,
+        run_config=QUIET, tags={SYNC_TAG: "cli", **worker_tags()}, raise_on_error=False,
     )
     if not result.success:
         raise click.ClickException("reconciliation failed; see the run's logs in the Dagster instance")

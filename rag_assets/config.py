@@ -75,9 +75,8 @@ def iceberg_properties_from_env(home: Path) -> dict[str, str]:
     if props["type"] == "sql" and "uri" not in props and "uri" not in iceberg_secret_env():
         props["uri"] = f"sqlite:///{home / 'catalog.db'}"  # the embedded catalog: SQLite under RAG_HOME
     if "warehouse" not in props and props["type"] == "sql":  # a local warehouse unless one is named
-        warehouse = home / "warehouse"
-        warehouse.mkdir(parents=True, exist_ok=True)
-        props["warehouse"] = warehouse.as_uri()
+        # Not `as_uri()`: pyiceberg does not %-decode file paths (a space would become a "%20" folder).
+        props["warehouse"] = f"file://{home / 'warehouse'}"  # created by `tables.Lakehouse` on first use
     return props
 
 
@@ -115,8 +114,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        home = Path(_env("RAG_HOME", ".rag")).expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        home = Path(_env("RAG_HOME", ".rag")).expanduser().resolve()  # folders are made where they are used
         source = _env("RAG_SOURCE", str(home / "source"))
         if "://" not in source:
             source = str(Path(source).expanduser().resolve())

@@ -31,11 +31,9 @@ from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, Resum
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-GPU_TAG = "rag/gpu"  # op tag on GPU assets; also accepted as a run tag
+from rag_assets.runs import DEVICE_TAG, GPU_TAG, PID_TAG, ROUTE_TAG, worker_tags
+
 GPU_POOL = "gpu"  # Dagster concurrency pool of the GPU assets; its limit is the number of GPUs
-ROUTE_TAG = "rag/launcher"  # which backend a run went to: gpu | default
-DEVICE_TAG = "rag/gpu_device"  # the GPU a local run was pinned to ("" = none: CPU fallback)
-PID_TAG = "rag/pid"
 
 _CLASS_SCHEMA = dg.Shape({"module": str, "class": str, "config": dg.Field(dg.Permissive(), is_required=False)})
 
@@ -235,7 +233,7 @@ class LocalGpuRunLauncher(_ConfiguredLauncher):
             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
         )
         self._procs[run.run_id] = proc
-        self._instance.add_run_tags(run.run_id, {DEVICE_TAG: device, PID_TAG: str(proc.pid)})
+        self._instance.add_run_tags(run.run_id, {DEVICE_TAG: device, **worker_tags(proc.pid)})
         self._instance.report_engine_event(
             f"run worker pid {proc.pid} started with CUDA_VISIBLE_DEVICES={device!r}", run, cls=self.__class__
         )

@@ -8,30 +8,19 @@ the table no longer knows at all. Shards with a run in flight are skipped: that 
 """
 
 
-import dagster as dg
 import polars as pl
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from rag_assets.index import LIVE_POINTS
-from rag_assets.points import mismatches, point_batches, shard_point_keys
-from rag_assets.config import Settings
-from rag_assets.resources import IcebergResource, QdrantResource
-from rag_assets.sensors import SHARD_TAG  # on sensor runs, shard removals included (they have no partition)
+from rag_assets.steps.points import mismatches, point_batches, shard_point_keys
 from rag_assets.tables import VECTOR_INDEX
 
-PARTITION_TAG = "dagster/partition"
 
-
-def busy_shards(instance: dg.DagsterInstance) -> set[str]:
-    runs = instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))
-    return {run.tags[t] for run in runs for t in (PARTITION_TAG, SHARD_TAG) if t in run.tags}
-
-
-def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[str], log) -> dict:
-    """Repair drift between `vector_index` and the live collection; returns per-shard repairs and totals."""
+def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
+    """Repair drift between `vector_index` and the live collection; returns per-shard repairs and totals.
+    `iceberg` and `qdrant` are the resources; `busy` is `runs.busy_shards` (those are skipped)."""
     lake = iceberg.lakehouse()
     index = qdrant.index()
-    listed = pl.from_arrow(lake.table(VECTOR_INDEX).scan(selected_fields=("shard",)).to_arrow())["shard"].unique().to_list()
+    listed = lake.row_counts(VECTOR_INDEX)  # shard -> rows, from the table's manifests
 
     shards: dict[str, dict] = {}
     with index.session() as session:
@@ -63,26 +52,3 @@ def reconcile_index(iceberg: IcebergResource, qdrant: QdrantResource, busy: set[
     totals["shards_checked"] = len(set(listed) | set(live_counts))
     totals["points"] = sum(after.values())
     return {"collection": index.collection, "shards": shards, "totals": totals}
-
-
-@dg.op(description="Compare vector_index with the live collection; restore missing/stale points, delete extra ones.")
-def reconcile(context: dg.OpExecutionContext, iceberg: IcebergResource, qdrant: QdrantResource) -> dict:
-    report = reconcile_index(iceberg, qdrant, busy_shards(context.instance), context.log)
-    context.add_output_metadata(
-        {**report["totals"], "collection": report["collection"], "shards": dg.MetadataValue.json(report["shards"])}
-    )
-    return report
-
-
-@dg.job(description="Repair drift between the Iceberg `vector_index` table and the live Qdrant collection.")
-def reconcile_job():
-    reconcile()
-
-
-reconcile_schedule = dg.ScheduleDefinition(
-    name="reconcile_schedule",
-    job=reconcile_job,
-    cron_schedule=Settings.from_env().reconcile_cron,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Nightly reconciliation of the index with vector_index (RAG_RECONCILE_CRON, UTC).",
-)

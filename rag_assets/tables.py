@@ -9,10 +9,13 @@ what the partition already holds commits nothing, so re-running a partition is a
 from __future__ import annotations
 
 import functools
+from collections import Counter
 import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import polars as pl
@@ -143,10 +146,20 @@ def _catalog(name: str, properties: tuple[tuple[str, str], ...]) -> Catalog:
     return retrying(load_catalog, name, **dict(properties))
 
 
+def _make_local_folders(properties: dict[str, str]) -> None:
+    """The folders of an embedded catalog (SQLite file) and of a local warehouse, made on first use."""
+    uri, warehouse = properties.get("uri", ""), properties.get("warehouse", "")
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if warehouse.startswith("file://"):  # pyiceberg takes the path as written, without %-decoding
+        Path(urlsplit(warehouse).path).mkdir(parents=True, exist_ok=True)
+
+
 class Lakehouse:
     """The project's Iceberg tables in one namespace of one catalog."""
 
     def __init__(self, catalog_name: str, properties: dict[str, str], namespace: str):
+        _make_local_folders(properties)
         self.catalog = _catalog(catalog_name, tuple(sorted(properties.items())))
         self.namespace = namespace
 
@@ -264,6 +277,19 @@ class Lakehouse:
             return iter(())
         row_filter: BooleanExpression = In(column, values)
         return self.batches(spec, And(extra, row_filter) if extra is not None else row_filter, columns)
+
+    def row_counts(self, spec: TableSpec) -> dict[str, int]:
+        """Rows per shard, from the record counts of the current snapshot's data files in its manifests:
+        no data file is read. Tables with delete files (another engine's merge-on-read) are counted by a scan."""
+        tasks = list(self.table(spec).scan(selected_fields=("shard",)).plan_files())
+        counts: Counter[str] = Counter()
+        if any(task.delete_files for task in tasks):
+            for batch in self.batches(spec, AlwaysTrue(), ("shard",)):
+                counts.update(dict(pl.from_arrow(batch["shard"]).value_counts().iter_rows()))
+            return dict(counts)
+        for task in tasks:
+            counts[task.file.partition[0]] += task.file.record_count
+        return {shard: n for shard, n in counts.items() if n}
 
     def partition_digest(self, spec: TableSpec, shard: str) -> RowDigest:
         digest = RowDigest()

@@ -97,7 +97,7 @@ class RagEnv:
         return Settings.from_env()
 
     def resources(self):
-        from rag_assets.resources import build_resources
+        from rag_assets.defs.resources import build_resources
 
         return build_resources(self.settings())
 

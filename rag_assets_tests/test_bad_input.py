@@ -7,7 +7,7 @@ import os
 import dagster as dg
 from click.testing import CliRunner
 
-from rag_assets.assets import SHARD_ASSETS
+from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.cli import main
 from rag_assets.source import LocalSource
 from rag_assets.sync import run_sync

@@ -7,7 +7,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from rag_assets.assets import SHARD_ASSETS
+from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.index import EdgeIndex, Point, point_id_for
 from rag_assets.tables import VECTOR_INDEX, Lakehouse
 from rag_assets_tests.conftest import make_env, write_corpus

@@ -3,7 +3,7 @@
 import pytest
 
 from rag_assets.config import Settings
-from rag_assets.resources import build_resources
+from rag_assets.defs.resources import build_resources
 from rag_assets_tests.conftest import make_env
 
 

@@ -32,8 +32,8 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from rag_assets.cli import main
-from rag_assets.assets import index_settings
-from rag_assets.sync import SYNC_TAG, plan_sync
+from rag_assets.shard_state import index_settings, plan_sync
+from rag_assets.runs import SYNC_TAG
 from rag_assets.tables import ALL_TABLES, RAW_DOCUMENTS, VECTOR_INDEX
 from rag_assets_tests.conftest import RagEnv, make_env
 

@@ -50,7 +50,7 @@ def ecs_cluster() -> dict[str, str]:
 def test_gpu_runs_ask_ecs_for_a_gpu_on_the_gpu_capacity_provider(rag_env, moto_server, postgres_db, monkeypatch):
     import boto3
 
-    from rag_assets.jobs import remove_run_config
+    from rag_assets.defs.jobs import remove_run_config
 
     arns = ecs_cluster()
     monkeypatch.setenv("RAG_ECS_CLUSTER", "rag")

@@ -252,7 +252,7 @@ def test_reconcile_repairs_missing_stale_and_extra_points(env):
 def test_reconcile_schedule_is_defined_and_runs_the_reconcile_job(env):
     from rag_assets.definitions import defs
 
-    schedule = defs.resolve_schedule_def("reconcile_schedule")
+    schedule = defs().resolve_schedule_def("reconcile_schedule")
     assert schedule.job_name == "reconcile_job" and schedule.cron_schedule == "0 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
@@ -294,7 +294,7 @@ def test_model_change_needs_a_new_collection_and_then_re_embeds_everything(env, 
     # Same collection, other model: refused before anything runs, by the CLI and by the sensor alike.
     result = CliRunner().invoke(main, ["sync", "--json"])
     assert result.exit_code != 0 and "RAG_QDRANT_COLLECTION" in result.output
-    tick = defs.resolve_sensor_def("source_change_sensor")(dg.build_sensor_context(instance=env.instance(), resources=env.resources()))
+    tick = defs().resolve_sensor_def("source_change_sensor")(dg.build_sensor_context(instance=env.instance(), resources=env.resources()))
     assert isinstance(tick, dg.SkipReason) and "full re-embed" in tick.skip_message
 
     monkeypatch.setenv("RAG_QDRANT_COLLECTION", "rag_chunks_v2")

@@ -29,7 +29,7 @@ def create_run(instance, job_name: str, tags=None, asset_selection=None, run_con
     job = repo.get_reconstructable_job(job_name)
     from rag_assets.definitions import defs
 
-    job_def = defs.resolve_job_def(job_name)
+    job_def = defs().resolve_job_def(job_name)
     if asset_selection:
         job_def = job_def.get_subset(asset_selection=asset_selection)
     return instance.create_run_for_job(
@@ -39,7 +39,7 @@ def create_run(instance, job_name: str, tags=None, asset_selection=None, run_con
 
 
 def test_runs_that_embed_are_gpu_runs_and_others_are_not(rag_env):
-    from rag_assets.jobs import remove_run_config
+    from rag_assets.defs.jobs import remove_run_config
 
     instance = instance_with(rag_env, when_no_gpu="cpu")
     assert isinstance(instance.run_launcher, GpuRoutingRunLauncher)

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from rag_assets.assets import SHARD_ASSETS, shards
+from rag_assets.defs.assets import SHARD_ASSETS
+from rag_assets.defs.partitions import shards
 from rag_assets.cli import main
 from rag_assets.sync import run_sync
 from rag_assets.tables import ALL_TABLES, CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX

@@ -45,8 +45,8 @@ def test_sync_with_instance_and_catalog_on_postgres(tmp_path, monkeypatch, postg
 
 
 def _materialize_shard(shard: str) -> None:
-    from rag_assets.assets import SHARD_ASSETS
-    from rag_assets.resources import build_resources
+    from rag_assets.defs.assets import SHARD_ASSETS
+    from rag_assets.defs.resources import build_resources
 
     result = dg.materialize(SHARD_ASSETS, partition_key=shard, instance=dg.DagsterInstance.get(), resources=build_resources(),
                             raise_on_error=False)
@@ -62,7 +62,7 @@ def run_shards_at_once(shards: list[str]) -> None:
     import sentence_transformers  # noqa: F401 - imported before the fork, used by the children
     import torch  # noqa: F401
 
-    import rag_assets.assets  # noqa: F401
+    import rag_assets.defs.assets  # noqa: F401
 
     ctx = mp.get_context("fork")
     procs = [ctx.Process(target=_materialize_shard, args=(s,)) for s in shards]

@@ -16,10 +16,10 @@ import dagster as dg
 import pytest
 from qdrant_client import models
 
-from rag_assets.assets import SHARD_ASSETS
+from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.config import Settings
 from rag_assets.index import CollectionMismatch, Point, ServerIndex, point_id_for
-from rag_assets.resources import build_resources
+from rag_assets.defs.resources import build_resources
 from rag_assets.tables import CHUNKS, EMBEDDINGS, VECTOR_INDEX
 from rag_assets_tests.conftest import make_env, write_corpus
 

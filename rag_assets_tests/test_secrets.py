@@ -1,7 +1,6 @@
 """Secrets (Qdrant API key, AWS credentials, database passwords) never reach logs, run records,
 metadata, the code-location snapshot the UI shows, files under the homes, or the tables."""
 
-import importlib
 import json
 from pathlib import Path
 
@@ -54,8 +53,9 @@ def test_no_secret_reaches_logs_metadata_snapshots_files_or_tables(tmp_path, mon
     assert instance.run_storage.postgres_url.count(SECRETS["DAGSTER_PG_PASSWORD"]) == 1
 
     found: dict[str, list[str]] = {}
-    definitions = importlib.reload(importlib.import_module("rag_assets.definitions"))
-    snapshot = serialize_value(RepositorySnap.from_def(definitions.defs.get_repository_def()))
+    from rag_assets.definitions import defs
+
+    snapshot = serialize_value(RepositorySnap.from_def(defs().get_repository_def()))  # built from this test's settings
     # The scan sees resource config: the warehouse, and the names of the variables that hold secrets.
     assert (env.home / "warehouse").as_uri() in snapshot, snapshot[snapshot.find("secret_env") - 400:][:800]
     assert '\\"uri\\": \\"RAG_ICEBERG_URI\\"' in snapshot

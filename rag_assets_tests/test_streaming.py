@@ -5,7 +5,7 @@ index that one piece each gives, also when a text repeats across pieces and when
 import pyarrow.parquet as pq
 import pytest
 
-from rag_assets import assets, points
+from rag_assets.steps import documents, points, vectors
 from rag_assets.sync import run_sync
 from rag_assets.tables import CHUNKS, Lakehouse, PartitionWriter
 from rag_assets_tests.conftest import make_env
@@ -45,8 +45,8 @@ def test_tiny_batches_give_the_same_tables_and_index(tmp_path, monkeypatch):
 
     env = make_env(tmp_path / "tiny", monkeypatch)
     corpus(env.source)
-    for name, value in (("DOCUMENT_BATCH", 2), ("EMBED_WINDOW", 3)):
-        monkeypatch.setattr(assets, name, value)
+    monkeypatch.setattr(documents, "DOCUMENT_BATCH", 2)
+    monkeypatch.setattr(vectors, "EMBED_WINDOW", 3)
     monkeypatch.setattr(points, "POINT_BATCH", 2)
     monkeypatch.setattr(PartitionWriter, "BUFFER_BYTES", 2048)
     monkeypatch.setattr(Lakehouse, "READ_ROWS", 3)
@@ -69,7 +69,7 @@ def test_tiny_batches_give_the_same_tables_and_index(tmp_path, monkeypatch):
     assert again["totals"]["embedded"] == 1 and again["totals"]["failed"] == 0
     got = portable(env)
     with monkeypatch.context() as m:
-        m.setattr(assets, "DOCUMENT_BATCH", 256)
+        m.setattr(documents, "DOCUMENT_BATCH", 256)
         for key, value in (("RAG_HOME", reference.home), ("RAG_SOURCE", reference.source), ("DAGSTER_HOME", reference.dagster_home)):
             m.setenv(key, str(value))
         sync(reference)
@@ -80,7 +80,7 @@ def test_tiny_batches_give_the_same_tables_and_index(tmp_path, monkeypatch):
 def test_document_batches_do_not_change_raw_documents(tmp_path, monkeypatch, batch):
     env = make_env(tmp_path, monkeypatch)
     corpus(env.source)
-    monkeypatch.setattr(assets, "DOCUMENT_BATCH", batch)
+    monkeypatch.setattr(documents, "DOCUMENT_BATCH", batch)
     first = sync(env)
     assert first["totals"]["documents"] == 12
     # Unchanged files are copied over from the previous partition, not re-read: nothing is committed.

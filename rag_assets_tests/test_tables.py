@@ -154,3 +154,20 @@ def test_reads_files_added_without_field_ids_by_column_name(lake, tmp_path):
     lake.table(VECTOR_INDEX).add_files([str(path)])
     read = lake.read_partition(VECTOR_INDEX, "a", ("chunk_id", "chunk_hash"))
     assert sorted(read["chunk_hash"].to_pylist()) == [f"h{i}" for i in range(5)]
+
+
+def test_row_counts_come_from_the_manifests_and_follow_rewrites_and_deletes(lake):
+    assert lake.row_counts(EMBEDDINGS) == {}
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 50))
+    lake.replace_partition(EMBEDDINGS, "b", vector_rows("b", 0, 20))
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 30, seed=5))
+    assert lake.row_counts(EMBEDDINGS) == {"a": 30, "b": 20}
+    lake.delete_partition(EMBEDDINGS, "b")
+    assert lake.row_counts(EMBEDDINGS) == {"a": 30}
+
+
+def test_a_local_catalog_and_warehouse_are_created_on_first_use(tmp_path):
+    home = tmp_path / "not yet" / "rag"
+    lake = Lakehouse("t2", {"type": "sql", "uri": f"sqlite:///{home}/catalog.db", "warehouse": f"file://{home}/wh"}, "rag")
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 3))
+    assert (home / "catalog.db").is_file() and any((home / "wh").rglob("*.parquet"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rag_assets.assets import SHARD_ASSETS
+from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets_tests.conftest import free_port, make_env
 from rag_assets_tests.test_daemon import search_top, start_daemon, stop_daemon, write_file
 

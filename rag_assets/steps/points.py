@@ -1,5 +1,8 @@
-"""A shard's points: what the collection must hold for it, how the live collection differs, and the
-points themselves, built from the Iceberg tables a batch at a time.
+"""vector_index: a shard's points, what the collection must hold for it, how the live collection differs,
+the points themselves (built from the Iceberg tables a batch at a time) and the rows vector_index records.
+
+Rule (points by id + hash): a point is upserted when it is missing from the live collection or holds
+another chunk hash; a live point the shard no longer lists is deleted; every other point is left alone.
 
 The per-chunk bookkeeping (point ids, chunk ids, hashes) is held as polars frames and compared by joins;
 texts and vectors are never held for more than one batch (benchmarks/RESULTS.md, "Memory").
@@ -11,13 +14,16 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+import datetime as dt
+
 import dagster as dg
 import numpy as np
 import polars as pl
 import pyarrow.compute as pc
 
-from rag_assets.index import Point, point_id_for
-from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, Lakehouse
+from rag_assets.index import CollectionMismatch, IndexSession, Point, point_id_for
+from rag_assets.steps.rows import keep_stamps
+from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, VECTOR_INDEX, Lakehouse
 
 POINT_BATCH = 1024  # points built and upserted at a time
 
@@ -35,6 +41,26 @@ def shard_point_keys(lake: Lakehouse, shard: str) -> pl.DataFrame:
         raise ShardMismatch(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
     point_ids = pl.Series("point_id", [point_id_for(c) for c in emb["chunk_id"]], pl.String)
     return emb.with_columns(point_ids).select("point_id", "chunk_id", "chunk_hash", "model", "dim")
+
+
+def require_model(desired: pl.DataFrame, model_key: str, shard: str) -> None:
+    """Fail unless every embedding of the shard is from `model_key` (embeddings must run first)."""
+    stale = desired.filter(pl.col("model") != model_key).height
+    if stale:
+        raise ShardMismatch(f"{stale} embeddings of shard {shard!r} are not from {model_key}; materialize embeddings first")
+
+
+def prepare_collection(session: IndexSession, collection: str, desired: pl.DataFrame, model_key: str) -> None:
+    """Create the collection for the shard's vectors if needed; refuse one that holds another model's points."""
+    if desired.is_empty():
+        return
+    session.ensure_collection(desired["dim"][0])
+    foreign = session.count(other_model=model_key)
+    if foreign:
+        raise CollectionMismatch(
+            f"collection {collection!r} holds {foreign} points of another model; a model change is a "
+            "full re-embed into a new collection: set RAG_QDRANT_COLLECTION"
+        )
 
 
 def points_to_sync(desired: pl.DataFrame, live: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
@@ -99,3 +125,17 @@ def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | N
                     points = []
         if points:
             yield points
+
+
+def index_rows(desired: pl.DataFrame, previous: pl.DataFrame, shard: str, collection: str, stamp: dt.datetime) -> pl.DataFrame:
+    """The vector_index rows of the shard's desired points; unchanged points keep their synced_at (from
+    `previous`: point_id, chunk_hash, synced_at), so a re-run writes the same rows and commits nothing."""
+    rows = desired.select(
+        shard=pl.lit(shard), chunk_id="chunk_id", point_id="point_id", chunk_hash="chunk_hash",
+        collection=pl.lit(collection), synced_at=pl.lit(stamp, dtype=pl.Datetime("us", "UTC")),
+    )
+    return keep_stamps(rows, previous, "point_id", "chunk_hash", "synced_at")
+
+
+def read_index_rows(lake: Lakehouse, shard: str) -> pl.DataFrame:
+    return pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "synced_at")))

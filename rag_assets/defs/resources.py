@@ -1,7 +1,8 @@
 """Dagster resources: the one place where settings turn into live clients.
 
-Values come from `config.Settings` (environment variables) when definitions load; secrets are passed
-as `dagster.EnvVar`, so Dagster resolves them at run time and never shows or logs them.
+Values come from `config.Settings` (environment variables) when definitions load, never at import;
+secrets are passed as `dagster.EnvVar` (or as the names of the variables that hold them), so Dagster
+resolves them at run time and never shows or logs them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from rag_assets.chunking import Chunker, chunker_settings_key
+from rag_assets.config import Settings
 from rag_assets.embedding import Embedder, ModelInfo, resolve_model
 from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
 from rag_assets.parsing import RecordFields
@@ -109,9 +111,7 @@ class QdrantResource(dg.ConfigurableResource):
         return EdgeIndex(Path(self.path), self.collection, self.batch_size)
 
 
-def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
-    from rag_assets.config import Settings
-
+def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
         "source": SourceResource(location=settings.source),
@@ -143,3 +143,8 @@ def build_resources(settings=None) -> dict[str, dg.ConfigurableResource]:
             retry_max_wait=settings.qdrant_retry_max_wait,
         ),
     }
+
+
+@dg.definitions
+def resource_defs() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources(Settings.from_env()))

@@ -5,8 +5,8 @@ import random
 
 import polars as pl
 
-from rag_assets.assets import frame_digest
-from rag_assets.points import mismatches, points_to_sync
+from rag_assets.steps.rows import frame_digest
+from rag_assets.steps.points import mismatches, points_to_sync
 
 
 def python_digest(rows: list[tuple]) -> str:

@@ -1,0 +1,121 @@
+"""The shard-sync contract: what a synced shard records, and what each shard needs now.
+
+"Why did shard X re-run?" is answered in this file. Every `vector_index` materialization records
+`synced_state(...)`: the source fingerprint the shard is now fully synced to and the index settings
+(chunker, model, collection) its points were built with. That record is Dagster's own state, so a run
+that failed half-way leaves the old record and the shard is picked up again on the next tick or sync.
+`plan_shards` compares the record with the current listing and settings:
+
+- new:       the shard is not a partition yet, or was never synced into the index;
+- changed:   its listing fingerprint differs (reason "source"), or its index settings do ("settings");
+- unchanged: neither differs; nothing runs;
+- removed:   a partition the source no longer lists.
+
+A model change with the same collection raises `SettingsConflict` before anything runs, so two models'
+vectors never meet in one collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from rag_assets.defs.partitions import shards
+from rag_assets.source import Source
+
+RAW_DOCUMENTS_KEY = dg.AssetKey("raw_documents")
+VECTOR_INDEX_KEY = dg.AssetKey("vector_index")
+
+FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and vector_index (as synced)
+CHUNKER, MODEL, COLLECTION = "index_chunker", "index_model", "index_collection"
+TIMESTAMP = "_timestamp"  # added by `latest_metadata`: when the materialization was recorded
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    shard: str
+    status: str  # new | changed | unchanged | removed
+    fingerprint: str = ""
+    reason: str = ""  # why a shard is "changed": source | settings
+
+
+class SettingsConflict(RuntimeError):
+    """The configured model differs from the one a collection was built with, and the collection did not change."""
+
+
+def index_settings(model, qdrant) -> dict[str, str]:
+    """What a synced shard's points depend on besides its content, from the model and qdrant resources:
+    the chunker (which includes the model's tokenizer), the model and the collection."""
+    return {CHUNKER: model.chunker_settings_key(), MODEL: model.info().key, COLLECTION: qdrant.collection}
+
+
+def latest_metadata(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: set[str] | None = None
+) -> dict[str, dict[str, object]]:
+    """partition -> metadata values of that partition's newest materialization (plus `_timestamp`), in
+    two queries for all shards."""
+    ids = instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions
+    )
+    if not ids:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(ids.values())), limit=len(ids)
+    ).records
+    return {
+        r.partition_key: {**{k: v.value for k, v in r.asset_materialization.metadata.items()}, TIMESTAMP: r.timestamp}
+        for r in records
+        if r.partition_key
+    }
+
+
+def synced_state(instance: dg.DagsterInstance, shard: str, settings: Mapping[str, str]) -> dict[str, str]:
+    """The metadata `vector_index` records once `shard` is in the index: the fingerprint of the
+    documents it was built from (the newest raw_documents materialization) and the index settings."""
+    read = latest_metadata(instance, RAW_DOCUMENTS_KEY, {shard}).get(shard, {})
+    return {FINGERPRINT: str(read.get(FINGERPRINT) or ""), **settings}
+
+
+def check_settings(synced: Mapping[str, Mapping[str, object]], known: set[str], settings: Mapping[str, str]) -> None:
+    """Raise SettingsConflict when a known shard was indexed into the configured collection with another model."""
+    for shard, meta in synced.items():
+        if shard in known and meta.get(COLLECTION) == settings[COLLECTION] and meta.get(MODEL) not in (None, settings[MODEL]):
+            raise SettingsConflict(
+                f"shard {shard!r} is indexed in collection {settings[COLLECTION]!r} with model "
+                f"{meta[MODEL]}, but the configured model is {settings[MODEL]}. Changing the "
+                "model is a full re-embed into a new collection: set RAG_QDRANT_COLLECTION to a new name."
+            )
+
+
+def plan_shards(
+    fingerprints: Mapping[str, str],
+    known: set[str],
+    synced: Mapping[str, Mapping[str, object]],
+    settings: Mapping[str, str],
+) -> list[ShardPlan]:
+    """One plan per shard from the listing (shard -> fingerprint), the shard partitions, the synced
+    records (`latest_metadata` of vector_index) and the configured index settings."""
+    check_settings(synced, known, settings)
+    plans = []
+    for shard, fp in fingerprints.items():
+        meta = synced.get(shard)
+        if shard not in known or meta is None:
+            plans.append(ShardPlan(shard, "new", fp))
+        elif meta.get(FINGERPRINT) != fp:
+            plans.append(ShardPlan(shard, "changed", fp, "source"))
+        elif any(meta.get(k) != v for k, v in settings.items()):
+            plans.append(ShardPlan(shard, "changed", fp, "settings"))
+        else:
+            plans.append(ShardPlan(shard, "unchanged", fp))
+    plans.extend(ShardPlan(s, "removed") for s in sorted(known - set(fingerprints)))
+    return plans
+
+
+def plan_sync(instance: dg.DagsterInstance, source: Source, settings: Mapping[str, str]) -> list[ShardPlan]:
+    """`plan_shards` for the source's listing and the instance's records (one listing, three queries)."""
+    fingerprints = {shard: listing.fingerprint for shard, listing in source.list_shards().items()}
+    known = set(instance.get_dynamic_partitions(shards.name))
+    return plan_shards(fingerprints, known, latest_metadata(instance, VECTOR_INDEX_KEY), settings)
