@@ -1,5 +1,5 @@
-"""`rag-assets sync`: what the sensor does, once, in-process, with the same plan (`shard_state.plan_sync`),
-the same jobs and the same run tags, so the Dagster UI shows one history.
+"""`rag-assets sync`: what the sensor does, once, in-process: the same plan (`shard_state.plan_sync`), the
+same busy rule and the same run tags (`runs`), recorded in the Dagster instance.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from rag_assets.defs.jobs import remove_run_config, remove_shard_job
 from rag_assets.defs.partitions import shards
 from rag_assets.runs import busy_shards, shard_run_tags, worker_tags
 from rag_assets.shard_state import ShardPlan, index_settings, latest_metadata, plan_sync
-
-# ---------------------------------------------------------------------------------------------------
-# In-process sync (the CLI): the same plan, executed here instead of by the daemon's run launcher.
 
 COUNT_SOURCES = {  # report field -> (asset, metadata key)
     "documents": (raw_documents, "documents"),

@@ -113,7 +113,7 @@ def variables(c: dict) -> dict[str, object]:
 def code_variables() -> set[str]:
     """The RAG_* variables the package reads (RAG_ICEBERG_* is a prefix: any pyiceberg property)."""
     names: set[str] = set()
-    for path in (ROOT / "rag_assets").glob("*.py"):
+    for path in (ROOT / "rag_assets").rglob("*.py"):
         names |= set(re.findall(r"\"(RAG_[A-Z0-9_]+)\"", path.read_text()))
     return names
 

@@ -10,11 +10,10 @@ texts and vectors are never held for more than one batch (benchmarks/RESULTS.md,
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from collections.abc import Iterator
-
-import datetime as dt
 
 import dagster as dg
 import numpy as np

@@ -45,3 +45,22 @@ def test_points_to_sync_and_mismatches():
     assert mismatches(desired, desired.select("point_id", "chunk_hash")) == {"missing": [], "extra": [], "wrong_hash": []}
     nothing, none = points_to_sync(desired, desired)
     assert nothing.is_empty() and none.is_empty()
+
+
+def test_index_rows_keep_synced_at_of_unchanged_points_only():
+    import datetime as dt
+
+    import pytest
+
+    from rag_assets.steps.points import ShardMismatch, index_rows, require_model
+
+    t0, t1 = (dt.datetime(2026, m, 1, tzinfo=dt.timezone.utc) for m in (1, 2))
+    desired = frame({"p1": "h1", "p2": "h2new", "p3": "h3"}).with_columns(chunk_id=pl.col("point_id") + "-c", model=pl.lit("m"))
+    previous = frame({"p1": "h1", "p2": "h2", "p9": "h9"}).with_columns(synced_at=pl.lit(t0, dtype=pl.Datetime("us", "UTC")))
+    rows = index_rows(desired, previous, "s", "coll", t1)
+    assert rows.columns == ["shard", "chunk_id", "point_id", "chunk_hash", "collection", "synced_at"]
+    assert rows.select("point_id", "synced_at").rows() == [("p1", t0), ("p2", t1), ("p3", t1)]
+    assert set(rows["shard"]) == {"s"} and set(rows["collection"]) == {"coll"}
+    require_model(desired, "m", "s")
+    with pytest.raises(ShardMismatch, match="3 embeddings of shard 's' are not from m2"):
+        require_model(desired, "m2", "s")
