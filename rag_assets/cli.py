@@ -1,4 +1,4 @@
-"""`rag-assets`: demo, sync, search and status from the command line."""
+"""`rag-assets`: demo, sync, search, status, reconcile and maintain from the command line."""
 
 from __future__ import annotations
 
@@ -149,30 +149,51 @@ def _status(settings: Settings) -> dict:
     return {"shards": out}
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
-def reconcile(as_json: bool) -> None:
-    """What the nightly schedule does, now: repair drift between vector_index and the live collection."""
-    from rag_assets.defs.jobs import reconcile_job
+def _run_job(job_name: str, node: str, what: str) -> dict:
+    """Run one of the project's op jobs in-process, recorded in the Dagster instance; return `node`'s output."""
+    from rag_assets.defs import jobs
     from rag_assets.defs.resources import build_resources
     from rag_assets.runs import SYNC_TAG, worker_tags
     from rag_assets.sync import QUIET
 
     settings = Settings.from_env()
-    res = build_resources(settings)
-    result = reconcile_job.execute_in_process(
-        instance=_instance(settings), resources={"iceberg": res["iceberg"], "qdrant": res["qdrant"]},
+    job = getattr(jobs, job_name)
+    resources = {k: v for k, v in build_resources(settings).items() if k in job.required_resource_keys}
+    result = job.execute_in_process(
+        instance=_instance(settings), resources=resources,
         run_config=QUIET, tags={SYNC_TAG: "cli", **worker_tags()}, raise_on_error=False,
     )
     if not result.success:
-        raise click.ClickException("reconciliation failed; see the run's logs in the Dagster instance")
-    report = result.output_for_node("reconcile")
+        raise click.ClickException(f"{what} failed; see the run's logs in the Dagster instance")
+    return result.output_for_node(node)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(as_json: bool) -> None:
+    """What the nightly schedule does, now: repair drift between vector_index and the live collection."""
+    report = _run_job("reconcile_job", "reconcile", "reconciliation")
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"collection {report['collection']}: {report['totals']}")
     for shard, row in sorted(report["shards"].items()):
         click.echo(f"  {shard}: {row}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def maintain(as_json: bool) -> None:
+    """What the nightly maintenance schedule does, now: expire old snapshots, delete unreferenced files, old runs."""
+    report = _run_job("maintenance_job", "maintain", "maintenance")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    cols = ("snapshots_before", "expired_snapshots", "snapshots", "manifests", "metadata_versions", "deleted", "kept_young")
+    click.echo(f"{'table':<16}" + "".join(f"{c:>18}" for c in cols))
+    for name, row in report["tables"].items():
+        click.echo(f"{name:<16}" + "".join(f"{row.get(c, ''):>18}" for c in cols))
+    click.echo(f"runs: {report['runs']}")
 
 
 @main.command()

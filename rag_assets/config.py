@@ -20,14 +20,17 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value or default
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int | None = None) -> int:
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -111,6 +114,10 @@ class Settings:
     chunk_overlap: int
     sensor_interval_seconds: int  # how often the daemon lists the source
     reconcile_cron: str  # when the index reconciliation runs (UTC)
+    maintenance_cron: str  # when table maintenance and run-history cleanup run (UTC)
+    snapshot_retention_hours: int  # Iceberg snapshots younger than this are kept: the reach of time travel and rollback
+    orphan_age_hours: int  # unreferenced files younger than this are never deleted (a commit may still add them)
+    run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -142,4 +149,8 @@ class Settings:
             chunk_overlap=_env_int("RAG_CHUNK_OVERLAP", 32),
             sensor_interval_seconds=_env_int("RAG_SENSOR_INTERVAL_SECONDS", 30),
             reconcile_cron=_env("RAG_RECONCILE_CRON", "0 3 * * *"),
+            maintenance_cron=_env("RAG_MAINTENANCE_CRON", "0 2 * * *"),
+            snapshot_retention_hours=_env_int("RAG_SNAPSHOT_RETENTION_HOURS", 168, minimum=0),
+            orphan_age_hours=_env_int("RAG_ORPHAN_AGE_HOURS", 72, minimum=1),
+            run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
         )

@@ -52,22 +52,27 @@ def index_settings(model, qdrant) -> dict[str, str]:
     return {CHUNKER: model.chunker_settings_key(), MODEL: model.info().key, COLLECTION: qdrant.collection}
 
 
-def latest_metadata(
+def latest_materialization_records(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: set[str] | None = None
-) -> dict[str, dict[str, object]]:
-    """partition -> metadata values of that partition's newest materialization (plus `_timestamp`), in
-    two queries for all shards."""
+) -> list:
+    """The newest materialization record of each partition of `asset_key`, in two queries for all shards."""
     ids = instance.event_log_storage.get_latest_storage_id_by_partition(
         asset_key, DagsterEventType.ASSET_MATERIALIZATION, partitions
     )
     if not ids:
-        return {}
-    records = instance.fetch_materializations(
+        return []
+    return list(instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(ids.values())), limit=len(ids)
-    ).records
+    ).records)
+
+
+def latest_metadata(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: set[str] | None = None
+) -> dict[str, dict[str, object]]:
+    """partition -> metadata values of that partition's newest materialization (plus `_timestamp`)."""
     return {
         r.partition_key: {**{k: v.value for k, v in r.asset_materialization.metadata.items()}, TIMESTAMP: r.timestamp}
-        for r in records
+        for r in latest_materialization_records(instance, asset_key, partitions)
         if r.partition_key
     }
 

@@ -31,7 +31,9 @@ from pyiceberg.io.pyarrow import expression_to_pyarrow, schema_to_pyarrow
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import update_table_metadata
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
@@ -116,7 +118,15 @@ ALL_TABLES = (RAW_DOCUMENTS, CHUNKS, EMBEDDINGS, VECTOR_INDEX, QUARANTINE)
 # Many shard runs commit to one table at once, each losing the optimistic-concurrency race to the
 # others in turn; pyiceberg retries a conflicting commit up to this many times (its default, 4, is
 # too few for 16 concurrent writers: measured in test_postgres.py), backing off up to 10 s.
-TABLE_PROPERTIES = {"commit.retry.num-retries": "25", "commit.retry.max-wait-ms": "10000"}
+TABLE_PROPERTIES = {
+    "commit.retry.num-retries": "25", "commit.retry.max-wait-ms": "10000",
+    # Bounded history at every commit (see rag_assets/maintenance.py for snapshots and files): pyiceberg
+    # deletes metadata.json versions beyond the newest few itself, and merges small manifests on append.
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "10",
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
+}
 
 SHARD_PARTITION = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="shard"))
 
@@ -347,6 +357,23 @@ class RowDigest:
         return isinstance(other, RowDigest) and (self.rows, self.sums) == (other.rows, other.sums)
 
 
+class _Transaction(Transaction):
+    """pyiceberg's transaction, with its `table_metadata` computed once per state instead of on every read.
+
+    pyiceberg 0.12 rebuilds (and deep-copies) the whole table metadata each time a transaction reads it,
+    ~35 times per delete + append, so a commit cost grew with every snapshot the table held (~2.5 ms per
+    snapshot here). The metadata is a frozen pydantic model; this keeps the one built for the current base
+    metadata and staged updates until either changes (a retry refreshes both)."""
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        cached = getattr(self, "_metadata_cache", None)
+        if cached is None or cached[0] is not self._table.metadata or cached[1] is not self._updates:
+            cached = (self._table.metadata, self._updates, update_table_metadata(self._table.metadata, self._updates))
+            self._metadata_cache = cached
+        return cached[2]
+
+
 class PartitionWriter:
     """Replaces one shard's partition with rows that arrive in batches, holding only a buffer of them.
 
@@ -434,11 +461,11 @@ class PartitionWriter:
             snapshot = table.current_snapshot()
             return WriteResult(self.lake.identifier(self.spec), self.rows, False, snapshot.snapshot_id if snapshot else None)
         props = {"rag.shard": self.shard}
-        with table.transaction() as tx:
+        with _Transaction(table) as tx:
             if current.rows:
                 tx.delete(EqualTo("shard", self.shard), snapshot_properties=props)
             if data_file is not None:
-                with tx.update_snapshot(snapshot_properties=props).fast_append() as append:
+                with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
                     append.append_data_file(data_file)
         self._output = None  # committed: the file now belongs to the table
         snapshot = table.current_snapshot()

@@ -1,10 +1,13 @@
 """The project's jobs: sync one shard, remove a vanished shard, reconcile the index with the tables."""
 
+import datetime as dt
+
 import dagster as dg
 
 from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.defs.partitions import shards
-from rag_assets.defs.resources import IcebergResource, QdrantResource
+from rag_assets.defs.resources import IcebergResource, QdrantResource, RetentionResource
+from rag_assets.maintenance import delete_old_runs, latest_state_runs, maintain_table
 from rag_assets.reconcile import reconcile_index
 from rag_assets.runs import busy_shards
 from rag_assets.tables import ALL_TABLES
@@ -73,3 +76,31 @@ def reconcile(context: dg.OpExecutionContext, iceberg: IcebergResource, qdrant: 
 @dg.job(description="Repair drift between the Iceberg `vector_index` table and the live Qdrant collection.")
 def reconcile_job():
     reconcile()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Maintenance (rag_assets/maintenance.py says what grows and what bounds it).
+
+
+@dg.op(description="Expire old snapshots and delete unreferenced files of every table; delete old finished runs.")
+def maintain(context: dg.OpExecutionContext, iceberg: IcebergResource, retention: RetentionResource) -> dict:
+    policy, now = retention.policy(), dt.datetime.now(dt.timezone.utc)
+    lake = iceberg.lakehouse()
+    tables = {}
+    for spec in ALL_TABLES:
+        tables[spec.name] = maintain_table(lake, spec, policy, now)
+        context.log.info(f"maintained {spec.name}: {tables[spec.name]}")
+    keep = latest_state_runs(context.instance, [asset.key for asset in SHARD_ASSETS])
+    runs = delete_old_runs(context.instance, now - policy.run_retention, keep)
+    context.add_output_metadata({
+        "expired_snapshots": sum(t["expired_snapshots"] for t in tables.values()),
+        "deleted_files": sum(t["deleted"] for t in tables.values()),
+        **runs,
+        "tables": dg.MetadataValue.json(tables),
+    })
+    return {"tables": tables, "runs": runs}
+
+
+@dg.job(description="Keep table history, files and run history bounded (RAG_SNAPSHOT_RETENTION_HOURS, RAG_ORPHAN_AGE_HOURS, RAG_RUN_RETENTION_DAYS).")
+def maintenance_job():
+    maintain()

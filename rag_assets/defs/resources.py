@@ -7,6 +7,7 @@ resolves them at run time and never shows or logs them.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.config import Settings
 from rag_assets.embedding import Embedder, ModelInfo, resolve_model
 from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
+from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
 from rag_assets.source import Source, open_source
 from rag_assets.tables import Lakehouse
@@ -111,6 +113,19 @@ class QdrantResource(dg.ConfigurableResource):
         return EdgeIndex(Path(self.path), self.collection, self.batch_size)
 
 
+class RetentionResource(dg.ConfigurableResource):
+    """How much history is kept (rag_assets/maintenance.py): snapshots (the reach of time travel and
+    rollback), unreferenced files (a safety age), finished runs."""
+
+    snapshot_retention_hours: int = 168
+    orphan_age_hours: int = 72
+    run_retention_days: int = 30
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(dt.timedelta(hours=self.snapshot_retention_hours), dt.timedelta(hours=self.orphan_age_hours),
+                               dt.timedelta(days=self.run_retention_days))
+
+
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
@@ -141,6 +156,11 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             timeout=settings.qdrant_timeout,
             retries=settings.qdrant_retries,
             retry_max_wait=settings.qdrant_retry_max_wait,
+        ),
+        "retention": RetentionResource(
+            snapshot_retention_hours=settings.snapshot_retention_hours,
+            orphan_age_hours=settings.orphan_age_hours,
+            run_retention_days=settings.run_retention_days,
         ),
     }
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from rag_assets.config import Settings
-from rag_assets.defs.jobs import reconcile_job
+from rag_assets.defs.jobs import maintenance_job, reconcile_job
 
 
 def build_reconcile_schedule(settings: Settings) -> dg.ScheduleDefinition:
@@ -16,6 +16,17 @@ def build_reconcile_schedule(settings: Settings) -> dg.ScheduleDefinition:
     )
 
 
+def build_maintenance_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="maintenance_schedule",
+        job=maintenance_job,
+        cron_schedule=settings.maintenance_cron,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Nightly table maintenance and run-history cleanup (RAG_MAINTENANCE_CRON, UTC).",
+    )
+
+
 @dg.definitions
 def schedule_defs() -> dg.Definitions:
-    return dg.Definitions(schedules=[build_reconcile_schedule(Settings.from_env())])
+    settings = Settings.from_env()
+    return dg.Definitions(schedules=[build_reconcile_schedule(settings), build_maintenance_schedule(settings)])
