@@ -9,6 +9,7 @@ what the partition already holds commits nothing, so re-running a partition is a
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from collections import Counter
 import logging
 import uuid
@@ -33,7 +34,6 @@ from pyiceberg.partitioning import PartitionField, PartitionFieldValue, Partitio
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
-from pyiceberg.table.update import update_table_metadata
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
@@ -219,7 +219,7 @@ class Lakehouse:
     READ_ROWS = 8192  # rows per batch read back (~12 MB of 384-d vectors, ~8 MB of chunk text)
 
     def batches(
-        self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None
+        self, spec: TableSpec, row_filter: BooleanExpression, columns: tuple[str, ...] | None = None, table: Table | None = None
     ) -> Iterator[pa.Table]:
         """The matching rows as a stream of small tables, in the spec's types: a whole partition is
         never held at once.
@@ -231,7 +231,7 @@ class Lakehouse:
         columns matched by Iceberg field id (a column added to the table after a file was written reads
         as nulls) and the row filter applied per batch."""
         schema = self._projected(spec, columns)
-        table = self.table(spec)
+        table = table or self.table(spec)  # `table`: an already loaded one (each load parses all its metadata)
         scan = table.scan(row_filter=row_filter, selected_fields=columns if columns else ("*",))
         tasks = list(scan.plan_files())
         if any(task.delete_files for task in tasks):  # written by another engine in merge-on-read mode
@@ -301,9 +301,9 @@ class Lakehouse:
             counts[task.file.partition[0]] += task.file.record_count
         return {shard: n for shard, n in counts.items() if n}
 
-    def partition_digest(self, spec: TableSpec, shard: str) -> RowDigest:
+    def partition_digest(self, spec: TableSpec, shard: str, table: Table | None = None) -> RowDigest:
         digest = RowDigest()
-        for batch in self.partition_batches(spec, shard):
+        for batch in self.batches(spec, EqualTo("shard", shard), table=table):
             digest.update(batch)
         return digest
 
@@ -358,20 +358,38 @@ class RowDigest:
 
 
 class _Transaction(Transaction):
-    """pyiceberg's transaction, with its `table_metadata` computed once per state instead of on every read.
+    """pyiceberg's transaction, with `table_metadata` built once per state and without a deep copy.
 
-    pyiceberg 0.12 rebuilds (and deep-copies) the whole table metadata each time a transaction reads it,
-    ~35 times per delete + append, so a commit cost grew with every snapshot the table held (~2.5 ms per
-    snapshot here). The metadata is a frozen pydantic model; this keeps the one built for the current base
-    metadata and staged updates until either changes (a retry refreshes both)."""
+    pyiceberg 0.12 rebuilds the table metadata, then deep-copies all of it, every time a transaction reads
+    it (~35 times per delete + append), so a commit cost grew with every snapshot the table held (~2.5 ms
+    per snapshot here, RESULTS.md "Commit cost"). The metadata is a frozen pydantic model that pyiceberg
+    only ever replaces (`model_copy(update=...)`), never mutates: this applies the staged updates the way
+    `update_table_metadata` does, minus its final deep copy, and keeps the result until the base metadata
+    or the staged updates change (a retry refreshes both). test_tables checks it against pyiceberg's own."""
 
     @property
     def table_metadata(self) -> TableMetadata:
         cached = getattr(self, "_metadata_cache", None)
         if cached is None or cached[0] is not self._table.metadata or cached[1] is not self._updates:
-            cached = (self._table.metadata, self._updates, update_table_metadata(self._table.metadata, self._updates))
+            cached = (self._table.metadata, self._updates, metadata_with_updates(self._table.metadata, self._updates))
             self._metadata_cache = cached
         return cached[2]
+
+
+def metadata_with_updates(base: TableMetadata, updates: tuple) -> TableMetadata:
+    """`pyiceberg.table.update.update_table_metadata(base, updates)` without the deep copy of the result."""
+    from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext
+    from pyiceberg.utils.datetime import datetime_to_millis
+
+    context = _TableMetadataUpdateContext()
+    metadata = base
+    for update in updates:
+        metadata = _apply_table_update(update, metadata, context)
+    if context.has_changes() and base.last_updated_ms == metadata.last_updated_ms:
+        metadata = metadata.model_copy(update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
+    metadata.spec().check_compatible(metadata.schema())
+    metadata.sort_order().check_compatible(metadata.schema())
+    return metadata
 
 
 class PartitionWriter:
@@ -454,8 +472,8 @@ class PartitionWriter:
 
     def commit(self) -> WriteResult:
         data_file = self._data_file()
-        current = self.lake.partition_digest(self.spec, self.shard)
         table = self.table.refresh()
+        current = self.lake.partition_digest(self.spec, self.shard, table)
         if current == self.digest:
             self.abort()
             snapshot = table.current_snapshot()

@@ -171,3 +171,30 @@ def test_a_local_catalog_and_warehouse_are_created_on_first_use(tmp_path):
     lake = Lakehouse("t2", {"type": "sql", "uri": f"sqlite:///{home}/catalog.db", "warehouse": f"file://{home}/wh"}, "rag")
     lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 3))
     assert (home / "catalog.db").is_file() and any((home / "wh").rglob("*.parquet"))
+
+
+def test_the_cached_transaction_metadata_equals_pyicebergs_own(lake):
+    """`_Transaction.table_metadata` skips pyiceberg's deep copy and caches per state: it must build the
+    very metadata pyiceberg's `update_table_metadata` builds, before and after updates are staged."""
+    from pyiceberg.expressions import EqualTo
+    from pyiceberg.table.update import update_table_metadata
+
+    from rag_assets.tables import _Transaction
+
+    lake.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 5))
+    lake.replace_partition(EMBEDDINGS, "b", vector_rows("b", 0, 5))
+    table = lake.table(EMBEDDINGS)
+    tx = _Transaction(table)
+
+    def same() -> None:
+        ours, theirs = tx.table_metadata.model_dump(), update_table_metadata(table.metadata, tx._updates).model_dump()
+        for dump in (ours, theirs):  # the one field each build stamps with its own clock
+            dump.pop("last-updated-ms", None), dump.pop("last_updated_ms", None)
+        assert ours == theirs
+
+    same()
+    assert tx.table_metadata is tx.table_metadata  # built once per state
+    tx.delete(EqualTo("shard", "a"))
+    same()
+    tx.commit_transaction()
+    assert lake.row_counts(EMBEDDINGS) == {"b": 5}
