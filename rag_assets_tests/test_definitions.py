@@ -70,9 +70,13 @@ def test_sensor_and_schedule_are_built_from_the_settings(rag_env, monkeypatch):
 
     monkeypatch.setenv("RAG_SENSOR_INTERVAL_SECONDS", "7")
     monkeypatch.setenv("RAG_RECONCILE_CRON", "15 4 * * *")
+    monkeypatch.setenv("RAG_MAINTENANCE_CRON", "30 1 * * 0")
     loaded = defs()
     assert loaded.resolve_sensor_def("source_change_sensor").minimum_interval_seconds == 7
     assert loaded.resolve_schedule_def("reconcile_schedule").cron_schedule == "15 4 * * *"
+    maintenance = loaded.resolve_schedule_def("maintenance_schedule")
+    assert maintenance.cron_schedule == "30 1 * * 0" and maintenance.job_name == "maintenance_job"
+    assert maintenance.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
 def test_dg_check_defs_passes(tmp_path):
