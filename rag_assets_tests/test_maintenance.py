@@ -19,7 +19,11 @@ from rag_assets.tables import VECTOR_INDEX, Lakehouse
 from rag_assets_tests.conftest import make_env
 from rag_assets_tests.test_incremental import article, write_docs
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.timezone.utc)  # a fixed stamp for rows; clocks below are read when a test runs
+
+
+def later(**delta) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(**delta)
 KEEP_NOTHING_OLD = RetentionPolicy(dt.timedelta(0), dt.timedelta(hours=1), dt.timedelta(days=1))
 
 
@@ -62,13 +66,13 @@ def test_maintenance_expires_snapshots_and_deletes_only_old_unreferenced_files(l
     assert len(local_lake.table(VECTOR_INDEX).metadata.snapshots) == 57  # one append per new shard (3), delete + append per rewrite (27)
 
     # Everything is younger than the orphan age: snapshots go, files stay.
-    report = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, NOW + dt.timedelta(minutes=1))
+    report = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(minutes=1))
     assert (report["expired_snapshots"], report["snapshots"], report["deleted"]) == (56, 1, 0)
     assert report["kept_young"] > 50 and len(local_files(local_lake)) >= before
     assert current_rows(local_lake) == want
 
     # Two hours later they are old enough: every file no retained snapshot references is deleted.
-    report = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, NOW + dt.timedelta(hours=2))
+    report = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(hours=2))
     assert report["deleted"] == report["orphans_found"] > 50 and report["deleted_data"] == 27  # 30 rewrites of 3 shards
     assert report["deleted_manifest_lists"] > 0 and report["deleted_manifests"] > 0
     table = local_lake.table(VECTOR_INDEX)
@@ -76,7 +80,7 @@ def test_maintenance_expires_snapshots_and_deletes_only_old_unreferenced_files(l
     assert on_disk == referenced_files(table)  # nothing unreferenced left, nothing referenced missing
     assert len([p for p in on_disk if "/data/" in p]) == 3
     assert current_rows(local_lake) == want
-    again = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, NOW + dt.timedelta(hours=2))
+    again = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(hours=2))
     assert again["deleted"] == 0 and again["expired_snapshots"] == 0  # idempotent
 
 
@@ -135,9 +139,9 @@ def test_maintenance_on_an_s3_warehouse(moto_server, tmp_path):
         pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket="lake", Prefix="wh/")
         return {f"s3://lake/{o['Key']}" for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")}  # not folder markers
 
-    young = maintain_table(lake, VECTOR_INDEX, KEEP_NOTHING_OLD, NOW + dt.timedelta(minutes=1))
+    young = maintain_table(lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(minutes=1))
     assert young["expired_snapshots"] == 20 and young["deleted"] == 0 and young["kept_young"] > 0
-    report = maintain_table(lake, VECTOR_INDEX, KEEP_NOTHING_OLD, NOW + dt.timedelta(hours=2))
+    report = maintain_table(lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(hours=2))
     assert report["deleted"] == report["orphans_found"] > 0 and report["deleted_data"] == 9
     assert objects() == referenced_files(lake.table(VECTOR_INDEX))
     assert current_rows(lake) == want
