@@ -31,6 +31,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
+from rag_assets.shard_state import latest_materialization_records
 from rag_assets.tables import Lakehouse, TableSpec
 
 
@@ -98,22 +99,26 @@ def remove_orphan_files(table: Table, older_than: dt.datetime, reload) -> dict[s
         return io.parse_location(location)[2]
 
     refs = {key(f) for f in referenced_files(table)}
-    listed = [f for f in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True)) if f.type == FileType.File]
+    # Only Iceberg's own folders of the table: anything else a person put under its location is not ours.
+    own = tuple(f"{root.rstrip('/')}/{folder}/" for folder in ("data", "metadata"))
+    listed = [f for f in fs.get_file_info(FileSelector(root, recursive=True, allow_not_found=True))
+              if f.type == FileType.File and f.path.startswith(own)]
     orphans = [f for f in listed if f.path not in refs]
     old = [f for f in orphans if f.mtime is not None and f.mtime < older_than]
+    young = len(orphans) - len(old)
     if old:
         now = reload()
         if now.metadata_location != table.metadata_location:  # a commit landed meanwhile: its files stay
             refs |= {key(f) for f in referenced_files(now)}
             old = [f for f in old if f.path not in refs]
-    counts = {"data": 0, "manifests": 0, "manifest_lists": 0, "metadata": 0, "other": 0}
+    counts = {"data": 0, "manifests": 0, "manifest_lists": 0, "metadata": 0, "other": 0}  # "other": e.g. statistics
     for f in old:
         try:
             fs.delete_file(f.path)
         except FileNotFoundError:  # another maintenance run got there first
             continue
         counts[_kind(f.path)] += 1
-    return {"orphans_found": len(orphans), "deleted": sum(counts.values()), "kept_young": len(orphans) - len(old),
+    return {"orphans_found": len(orphans), "deleted": sum(counts.values()), "kept_young": young,
             **{f"deleted_{k}": v for k, v in counts.items()}}
 
 
@@ -152,8 +157,6 @@ def maintain_table(lake: Lakehouse, spec: TableSpec, policy: RetentionPolicy, no
 
 def latest_state_runs(instance: dg.DagsterInstance, asset_keys) -> set[str]:
     """Run ids holding the newest materialization of some partition of one of `asset_keys`."""
-    from rag_assets.shard_state import latest_materialization_records
-
     return {r.run_id for key in asset_keys for r in latest_materialization_records(instance, key) if r.run_id}
 
 

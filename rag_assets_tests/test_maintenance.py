@@ -71,12 +71,16 @@ def test_maintenance_expires_snapshots_and_deletes_only_old_unreferenced_files(l
     assert report["kept_young"] > 50 and len(local_files(local_lake)) >= before
     assert current_rows(local_lake) == want
 
-    # Two hours later they are old enough: every file no retained snapshot references is deleted.
+    # Two hours later they are old enough: every file no retained snapshot references is deleted, but
+    # only in Iceberg's own data/ and metadata/ folders.
+    stranger = Path(local_lake.table(VECTOR_INDEX).location().removeprefix("file://")) / "README.txt"
+    stranger.write_text("a person's note")
     report = maintain_table(local_lake, VECTOR_INDEX, KEEP_NOTHING_OLD, later(hours=2))
     assert report["deleted"] == report["orphans_found"] > 50 and report["deleted_data"] == 27  # 30 rewrites of 3 shards
     assert report["deleted_manifest_lists"] > 0 and report["deleted_manifests"] > 0
     table = local_lake.table(VECTOR_INDEX)
-    on_disk = {f"file://{p}" for p in local_files(local_lake)}
+    assert stranger.exists()
+    on_disk = {f"file://{p}" for p in local_files(local_lake) if p != stranger}
     assert on_disk == referenced_files(table)  # nothing unreferenced left, nothing referenced missing
     assert len([p for p in on_disk if "/data/" in p]) == 3
     assert current_rows(local_lake) == want
