@@ -6,27 +6,20 @@ from rag_assets.config import Settings
 from rag_assets.defs.jobs import maintenance_job, reconcile_job
 
 
-def build_reconcile_schedule(settings: Settings) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="reconcile_schedule",
-        job=reconcile_job,
-        cron_schedule=settings.reconcile_cron,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Nightly reconciliation of the index with vector_index (RAG_RECONCILE_CRON, UTC).",
-    )
+def nightly(name: str, job, cron: str, description: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, description=description,
+                                 default_status=dg.DefaultScheduleStatus.RUNNING)
 
 
-def build_maintenance_schedule(settings: Settings) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="maintenance_schedule",
-        job=maintenance_job,
-        cron_schedule=settings.maintenance_cron,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Nightly table maintenance and run-history cleanup (RAG_MAINTENANCE_CRON, UTC).",
-    )
+def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
+    return [
+        nightly("reconcile_schedule", reconcile_job, settings.reconcile_cron,
+                "Nightly reconciliation of the index with vector_index (RAG_RECONCILE_CRON, UTC)."),
+        nightly("maintenance_schedule", maintenance_job, settings.maintenance_cron,
+                "Nightly table maintenance and run-history cleanup (RAG_MAINTENANCE_CRON, UTC)."),
+    ]
 
 
 @dg.definitions
 def schedule_defs() -> dg.Definitions:
-    settings = Settings.from_env()
-    return dg.Definitions(schedules=[build_reconcile_schedule(settings), build_maintenance_schedule(settings)])
+    return dg.Definitions(schedules=build_schedules(Settings.from_env()))
