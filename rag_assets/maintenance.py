@@ -41,6 +41,16 @@ class RetentionPolicy:
     orphan_age: dt.timedelta
     run_retention: dt.timedelta
 
+    MIN_ORPHAN_AGE = dt.timedelta(hours=1)  # a commit in flight may still add a file younger than this
+
+    def __post_init__(self) -> None:
+        # Here, not only in config.py: the retention resource can also be set in a run's config.
+        if self.orphan_age < self.MIN_ORPHAN_AGE:
+            raise ValueError(f"orphan age {self.orphan_age} is below {self.MIN_ORPHAN_AGE}: files a running commit "
+                             "is about to add could be deleted")
+        if self.snapshot_retention < dt.timedelta(0) or self.run_retention < dt.timedelta(0):
+            raise ValueError("retention windows cannot be negative")
+
 
 def _millis(t: dt.datetime) -> int:
     return int(t.timestamp() * 1000)

@@ -187,3 +187,13 @@ def test_old_runs_go_but_a_shard_keeps_its_sync_state(tmp_path, monkeypatch):
     assert instance.get_runs(dg.RunsFilter(job_name="maintenance_job"))[0].status == dg.DagsterRunStatus.SUCCESS
     again = run_sync(instance, resources).as_json()
     assert {s: r["status"] for s, r in again["shards"].items()} == {"north": "unchanged", "south": "unchanged"}
+
+
+def test_the_orphan_age_cannot_be_set_below_an_hour_by_any_route():
+    from rag_assets.defs.resources import RetentionResource
+
+    with pytest.raises(ValueError, match="below 1:00:00"):
+        RetentionResource(orphan_age_hours=0).policy()  # e.g. from a run's config in the launchpad
+    with pytest.raises(ValueError, match="below"):
+        RetentionPolicy(dt.timedelta(0), dt.timedelta(minutes=59), dt.timedelta(days=1))
+    assert RetentionResource().policy().orphan_age == dt.timedelta(hours=72)
