@@ -13,6 +13,8 @@ files stay on storage for time travel. What bounds each:
   deletes what no retained snapshot references (data files, manifests, manifest lists, old metadata), but
   only files older than the orphan age: a commit still in flight may be about to add a younger one. The
   references are read again just before deleting, so a commit that landed meanwhile keeps its files;
+- the vector store's files: `maintain_vector_store` drops vectors no shard references any more and merges
+  each model's size tiers (rag_assets/vector_store.py); the files it replaces go with expiry as above;
 - runs: finished runs older than the run retention are deleted with their event and compute logs, except
   the runs whose materializations are a shard's latest (they hold the state the sensor compares against).
 
@@ -33,6 +35,7 @@ from pyiceberg.table import Table
 
 from rag_assets.shard_state import latest_materialization_records
 from rag_assets.tables import Lakehouse, TableSpec
+from rag_assets.vector_store import VectorStore
 
 
 @dataclass(frozen=True)
@@ -189,3 +192,12 @@ def delete_old_runs(instance: dg.DagsterInstance, older_than: dt.datetime, keep:
         instance.delete_run(run_id)
         deleted += 1
     return {"deleted_runs": deleted, "kept_runs_with_latest_state": kept}
+
+
+def maintain_vector_store(lake: Lakehouse) -> dict[str, int]:
+    """Drop store vectors no shard references any more, then merge what each model's tiers hold in excess."""
+    store = VectorStore(lake)
+    report = store.collect_garbage()
+    report["merged_files"] = sum(store.compact(model) for model in store.models())
+    return report
+

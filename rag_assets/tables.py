@@ -9,8 +9,9 @@ what the partition already holds commits nothing, so re-running a partition is a
 from __future__ import annotations
 
 import functools
+import threading
 from datetime import datetime
-from collections import Counter
+from collections import Counter, OrderedDict
 import logging
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
 from pyiceberg.expressions.visitors import bind, extract_field_ids
@@ -32,9 +34,10 @@ from pyiceberg.io.pyarrow import expression_to_pyarrow, schema_to_pyarrow
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import StagedTable, Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.locations import load_location_provider
+from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
     FloatType,
@@ -57,7 +60,22 @@ def _fields(*specs: tuple[str, object, bool]) -> Schema:
 class TableSpec:
     name: str
     schema: Schema
-    key: tuple[str, ...]  # unique within a shard; the sort order of written rows
+    key: tuple[str, ...]  # unique within a partition; the sort order of written rows
+    partition_by: str = "shard"  # the identity-partitioned column
+    properties: tuple[tuple[str, str], ...] = ()  # table properties beyond TABLE_PROPERTIES
+
+    @property
+    def table_properties(self) -> dict[str, str]:
+        return {**TABLE_PROPERTIES, **dict(self.properties)}
+
+    @property
+    def partition_spec(self) -> PartitionSpec:
+        field = self.schema.find_field(self.partition_by)
+        return PartitionSpec(PartitionField(source_id=field.field_id, field_id=1000, transform=IdentityTransform(), name=self.partition_by))
+
+    @property
+    def sort_order(self) -> SortOrder:
+        return SortOrder(*(SortField(source_id=self.schema.find_field(k).field_id, transform=IdentityTransform()) for k in self.key))
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -113,7 +131,27 @@ QUARANTINE = TableSpec(
     _fields(("shard", S, True), ("source_uri", S, True), ("record", S, True), ("reason", S, True), ("detail", S, False)),
     ("source_uri", "record", "reason"),
 )
-ALL_TABLES = (RAW_DOCUMENTS, CHUNKS, EMBEDDINGS, VECTOR_INDEX, QUARANTINE)
+ALL_TABLES = (RAW_DOCUMENTS, CHUNKS, EMBEDDINGS, VECTOR_INDEX, QUARANTINE)  # the shard-partitioned tables
+# The (model, chunk_hash) -> vector store that reuse reads (rag_assets/vector_store.py): partitioned by
+# model, each file sorted by hash in small row groups, so a lookup reads only what can hold the hashes.
+VECTOR_STORE = TableSpec(
+    "vector_store",
+    Schema(
+        NestedField(1, "model", S, required=True),
+        NestedField(2, "chunk_hash", S, required=True),
+        NestedField(3, "dim", I, required=True),
+        NestedField(4, "vector", ListType(6, FloatType(), element_required=True), required=True),
+        NestedField(5, "embedded_at", T, required=True),
+    ),
+    ("chunk_hash",),
+    partition_by="model",
+    properties=(
+        ("write.parquet.row-group-limit", "4096"),  # ~6 MB of vectors, ~260 KB of hashes per group
+        # Merging files (compaction) conflicts only with another merge of the same files, never with appends.
+        ("write.delete.isolation-level", "snapshot"), ("write.update.isolation-level", "snapshot"),
+    ),
+)
+MAINTAINED_TABLES = ALL_TABLES + (VECTOR_STORE,)
 
 # Many shard runs commit to one table at once, each losing the optimistic-concurrency race to the
 # others in turn; pyiceberg retries a conflicting commit up to this many times (its default, 4, is
@@ -128,7 +166,7 @@ TABLE_PROPERTIES = {
     "commit.manifest.min-count-to-merge": "16",
 }
 
-SHARD_PARTITION = PartitionSpec(PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="shard"))
+SHARD_PARTITION = RAW_DOCUMENTS.partition_spec  # every shard table's: shard is field 1 in each
 
 
 @dataclass(frozen=True)
@@ -153,7 +191,21 @@ def _catalog(name: str, properties: tuple[tuple[str, str], ...]) -> Catalog:
         wait=tenacity.wait_random(0.05, 0.5),
         reraise=True,
     )
-    return retrying(load_catalog, name, **dict(properties))
+    properties = dict(properties)
+    if _is_sql_catalog(name, properties):
+        # The SQL catalog with the O(history) parts of a commit removed (see CachingSqlCatalog).
+        properties.pop("type", None)
+        properties["py-catalog-impl"] = f"{__name__}.CachingSqlCatalog"
+    return retrying(load_catalog, name, **properties)
+
+
+def _is_sql_catalog(name: str, properties: dict[str, str]) -> bool:
+    from pyiceberg.catalog import CatalogType, infer_catalog_type
+
+    if "py-catalog-impl" in properties:
+        return False
+    kind = properties.get("type")
+    return (kind.lower() == CatalogType.SQL.value) if kind else infer_catalog_type(name, properties) == CatalogType.SQL
 
 
 def _make_local_folders(properties: dict[str, str]) -> None:
@@ -193,7 +245,8 @@ class Lakehouse:
             if not self.catalog.namespace_exists(self.namespace):
                 raise
         try:
-            return self.catalog.create_table(ident, schema=spec.schema, partition_spec=SHARD_PARTITION, properties=TABLE_PROPERTIES)
+            return self.catalog.create_table(ident, schema=spec.schema, partition_spec=spec.partition_spec,
+                                             sort_order=spec.sort_order, properties=spec.table_properties)
         except TableAlreadyExistsError:
             return self.catalog.load_table(ident)
 
@@ -201,12 +254,12 @@ class Lakehouse:
     def _evolved(table: Table, spec: TableSpec) -> Table:
         """A table made by an older version gains the spec's new (optional) columns and the table
         properties; data is untouched."""
-        stale_properties = any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items())
+        stale_properties = any(table.properties.get(k) != v for k, v in spec.table_properties.items())
         if stale_properties or set(spec.schema.column_names) - set(table.schema().column_names):
             try:
                 with table.transaction() as tx:
                     tx.update_schema().union_by_name(spec.schema).commit()
-                    tx.set_properties(TABLE_PROPERTIES)
+                    tx.set_properties(spec.table_properties)
             except CommitFailedException:  # another process evolved it first
                 pass
             table = table.refresh()
@@ -357,6 +410,67 @@ class RowDigest:
         return isinstance(other, RowDigest) and (self.rows, self.sums) == (other.rows, other.sums)
 
 
+class CachingSqlCatalog(SqlCatalog):
+    """pyiceberg's SQL catalog, minus the two parts of every load and commit that grew with history.
+
+    - A metadata.json is never rewritten in place (Iceberg writes a new file per version), so the parsed
+      metadata is kept per location: loading a table whose pointer has not moved parses nothing. A parse
+      costs ~25 us per snapshot held (pydantic validation), and a shard commit loads the table three times.
+    - A commit applies its updates to the current metadata without pyiceberg's final deep copy of the
+      result (~80 us per snapshot held), as `_Transaction` does; the metadata is frozen and only ever
+      replaced, so sharing its unchanged parts is safe (test_tables compares it with pyiceberg's own).
+    Everything else (requirements, the optimistic pointer swap, metadata files) is SqlCatalog's own."""
+
+    _PARSED_KEPT = 32  # metadata versions kept parsed (a few tables, a few versions each)
+
+    def __init__(self, name: str, **properties: str):
+        super().__init__(name, **properties)
+        self._parsed: OrderedDict[str, TableMetadata] = OrderedDict()
+        self._parsed_lock = threading.Lock()
+
+    def _remember(self, location: str, metadata: TableMetadata) -> None:
+        with self._parsed_lock:
+            self._parsed[location] = metadata
+            self._parsed.move_to_end(location)
+            while len(self._parsed) > self._PARSED_KEPT:
+                self._parsed.popitem(last=False)
+
+    def _convert_orm_to_iceberg(self, orm_table) -> Table:
+        location = orm_table.metadata_location
+        with self._parsed_lock:
+            metadata = self._parsed.get(location) if location else None
+        if metadata is None:
+            table = super()._convert_orm_to_iceberg(orm_table)
+            self._remember(table.metadata_location, table.metadata)
+            return table
+        return Table(
+            identifier=Catalog.identifier_to_tuple(orm_table.table_namespace) + (orm_table.table_name,),
+            metadata=metadata,
+            metadata_location=location,
+            io=self._load_file_io(metadata.properties, location),
+            catalog=self,
+        )
+
+    def _update_and_stage_table(self, current_table, table_identifier, requirements, updates) -> StagedTable:
+        if current_table is None:  # a create: pyiceberg validates the whole new metadata
+            return super()._update_and_stage_table(current_table, table_identifier, requirements, updates)
+        for requirement in requirements:
+            requirement.validate(current_table.metadata)
+        metadata = metadata_with_updates(current_table.metadata, updates, current_table.metadata_location)
+        location = load_location_provider(metadata.location, metadata.properties).new_table_metadata_file_location(
+            self._parse_metadata_version(current_table.metadata_location) + 1
+        )
+        return StagedTable(
+            identifier=table_identifier, metadata=metadata, metadata_location=location,
+            io=self._load_file_io(properties=metadata.properties, location=location), catalog=self,
+        )
+
+    def commit_table(self, table, requirements, updates):
+        response = super().commit_table(table, requirements, updates)
+        self._remember(response.metadata_location, response.metadata)  # the next load of it is free
+        return response
+
+
 class _Transaction(Transaction):
     """pyiceberg's transaction, with `table_metadata` built once per state and without a deep copy.
 
@@ -376,17 +490,26 @@ class _Transaction(Transaction):
         return cached[2]
 
 
-def metadata_with_updates(base: TableMetadata, updates: tuple) -> TableMetadata:
-    """`pyiceberg.table.update.update_table_metadata(base, updates)` without the deep copy of the result."""
-    from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext
+def transaction(table: Table) -> Transaction:
+    """A transaction on `table` whose cost does not grow with the snapshots it holds (use it, not `table.transaction()`)."""
+    return _Transaction(table)
+
+
+def metadata_with_updates(base: TableMetadata, updates: tuple, metadata_location: str | None = None) -> TableMetadata:
+    """`pyiceberg.table.update.update_table_metadata(base, updates, metadata_location=...)` without the deep
+    copy of the result."""
+    from pyiceberg.table.update import _apply_table_update, _TableMetadataUpdateContext, _update_table_metadata_log
     from pyiceberg.utils.datetime import datetime_to_millis
 
     context = _TableMetadataUpdateContext()
     metadata = base
     for update in updates:
         metadata = _apply_table_update(update, metadata, context)
-    if context.has_changes() and base.last_updated_ms == metadata.last_updated_ms:
-        metadata = metadata.model_copy(update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
+    if context.has_changes():
+        if metadata_location:
+            metadata = _update_table_metadata_log(metadata, metadata_location, base.last_updated_ms)
+        if base.last_updated_ms == metadata.last_updated_ms:
+            metadata = metadata.model_copy(update={"last_updated_ms": datetime_to_millis(datetime.now().astimezone())})
     metadata.spec().check_compatible(metadata.schema())
     metadata.sort_order().check_compatible(metadata.schema())
     return metadata

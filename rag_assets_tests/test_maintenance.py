@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from rag_assets.maintenance import RetentionPolicy, delete_old_runs, latest_state_runs, maintain_table, referenced_files
-from rag_assets.tables import VECTOR_INDEX, Lakehouse
+from rag_assets.tables import EMBEDDINGS, VECTOR_INDEX, VECTOR_STORE, Lakehouse
 from rag_assets_tests.conftest import make_env
 from rag_assets_tests.test_incremental import article, write_docs
 
@@ -182,7 +182,13 @@ def test_old_runs_go_but_a_shard_keeps_its_sync_state(tmp_path, monkeypatch):
     out = CliRunner().invoke(main, ["maintain", "--json"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert set(report["tables"]) == {"raw_documents", "chunks", "embeddings", "vector_index", "quarantine"}
+    assert set(report["tables"]) == {"raw_documents", "chunks", "embeddings", "vector_index", "quarantine", "vector_store"}
+    # north's first version lost its chunks: their vectors leave the store, every referenced one stays.
+    assert report["tables"]["vector_store"]["dropped_vectors"] > 0
+    lake = resources["iceberg"].lakehouse()
+    stored = lake.table(VECTOR_STORE).scan().to_arrow().select(["model", "chunk_hash"]).to_pylist()
+    referenced = lake.table(EMBEDDINGS).scan().to_arrow().select(["model", "chunk_hash"]).to_pylist()
+    assert sorted(map(tuple, (r.values() for r in stored))) == sorted(set(map(tuple, (r.values() for r in referenced))))
     assert report["runs"] == {"deleted_runs": 0, "kept_runs_with_latest_state": 0}  # none is 30 days old
     assert instance.get_runs(dg.RunsFilter(job_name="maintenance_job"))[0].status == dg.DagsterRunStatus.SUCCESS
     again = run_sync(instance, resources).as_json()

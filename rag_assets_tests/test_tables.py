@@ -198,3 +198,45 @@ def test_the_cached_transaction_metadata_equals_pyicebergs_own(lake):
     same()
     tx.commit_transaction()
     assert lake.row_counts(EMBEDDINGS) == {"b": 5}
+
+
+def test_the_sql_catalog_commits_pyicebergs_metadata_and_sees_other_writers(tmp_path):
+    """`CachingSqlCatalog` (the SQL catalog without the deep copy and with parsed metadata kept per
+    location) commits the metadata pyiceberg's own `update_table_metadata` builds, metadata log included,
+    and a commit made through another catalog (another process) is what the next load returns."""
+    from pyiceberg.table.update import update_table_metadata
+
+    from rag_assets.tables import CachingSqlCatalog, _catalog
+
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": f"file://{tmp_path}/wh"}
+    ours = Lakehouse("one", props, "rag")
+    assert isinstance(ours.catalog, CachingSqlCatalog)
+    ours.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 3))
+    before = ours.table(EMBEDDINGS)
+
+    captured = {}
+    original = CachingSqlCatalog._update_and_stage_table
+
+    def capture(self, current, ident, requirements, updates):
+        staged = original(self, current, ident, requirements, updates)
+        captured["expected"] = update_table_metadata(current.metadata, updates, metadata_location=current.metadata_location)
+        captured["ours"] = staged.metadata
+        return staged
+
+    CachingSqlCatalog._update_and_stage_table = capture
+    try:
+        ours.replace_partition(EMBEDDINGS, "a", vector_rows("a", 0, 4))
+    finally:
+        CachingSqlCatalog._update_and_stage_table = original
+    dumps = [captured[k].model_dump() for k in ("ours", "expected")]
+    for dump in dumps:  # the one field each build stamps with its own clock
+        dump.pop("last-updated-ms", None), dump.pop("last_updated_ms", None)
+    assert dumps[0] == dumps[1] and captured["ours"].metadata_log[-1].metadata_file == before.metadata_location
+
+    # Another process: its own catalog client on the same database and warehouse.
+    _catalog.cache_clear()
+    theirs = Lakehouse("one", props, "rag")
+    assert theirs.catalog is not ours.catalog
+    theirs.replace_partition(EMBEDDINGS, "b", vector_rows("b", 0, 2))
+    assert ours.row_counts(EMBEDDINGS) == {"a": 4, "b": 2}
+    assert ours.table(EMBEDDINGS).metadata_location == theirs.table(EMBEDDINGS).metadata_location

@@ -21,6 +21,7 @@ from rag_assets.runs import GPU_TAG
 from rag_assets.steps import chunks as chunking, documents, points, vectors
 from rag_assets.steps.rows import KeptColumns, frame_digest, keep_stamps, now, stacked, table_metadata
 from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VECTOR_INDEX
+from rag_assets.vector_store import VectorStore
 
 GROUP = "rag"
 
@@ -120,19 +121,22 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
     lake = iceberg.lakehouse()
     model_key = model.info().key
     wanted = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("chunk_id", "chunk_hash", "token_count")))
-    plan = vectors.read_vector_plan(lake, shard, model_key, wanted)
+    store = VectorStore(lake)
+    plan = vectors.read_vector_plan(lake, store, shard, model_key, wanted)
     stats = vectors.EmbedStats()
 
-    with lake.writer(EMBEDDINGS, shard) as out:
+    with lake.writer(EMBEDDINGS, shard) as out, store.appender(model_key) as new_in_store:
         rows = vectors.VectorRows(out, shard, model_key, wanted)
-        for found in vectors.reused_vectors(lake, shard, model_key, plan):
+        for found in vectors.reused_vectors(lake, store, shard, model_key, plan):
             rows.add(found)
         if plan.to_embed.height:  # texts streamed from the chunks partition, a window at a time
             embedder = model.embedder()
             windows = vectors.texts_to_embed(lake, shard, plan.to_embed, vectors.window_size(embedder))
             for found in vectors.embed_windows(embedder, windows, now(), stats, plan.to_embed.height, context.log):
                 rows.add(found)
+                new_in_store.add(found)
             context.log.info(f"embedded {stats.chunks} chunks ({plan.tokens} tokens) in {stats.seconds:.1f}s on {embedder.device}")
+        new_in_store.commit()  # first: a vector the shard's rows hold is always in the store
         result = out.commit()
 
     written = pl.from_arrow(lake.read_partition(EMBEDDINGS, shard, ("chunk_id", "chunk_hash", "model")))
@@ -142,8 +146,8 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             chunks=wanted.height,
             embedded=stats.chunks,
             reused=wanted.height - stats.chunks,  # chunks not sent to the model (incl. repeats of one text in this shard)
-            reused_from_other_shards=plan.from_other_shards.height,
-            reuse_source_shards=plan.from_other_shards["shard"].n_unique(),  # partitions those vectors were read from
+            reused_from_store=plan.from_store.hashes.height,  # vectors another shard (or an earlier version) embedded
+            store_files_read=plan.from_store.files_read,  # what the lookup cost: flat in the number of shards
             tokens_embedded=plan.tokens,
             embed_seconds=round(stats.seconds, 3),
             tokens_per_second=round(plan.tokens / stats.seconds, 1) if stats.seconds else 0.0,

@@ -7,10 +7,10 @@ import dagster as dg
 from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, QdrantResource, RetentionResource
-from rag_assets.maintenance import delete_old_runs, latest_state_runs, maintain_table
+from rag_assets.maintenance import delete_old_runs, latest_state_runs, maintain_table, maintain_vector_store
 from rag_assets.reconcile import reconcile_index
 from rag_assets.runs import busy_shards
-from rag_assets.tables import ALL_TABLES
+from rag_assets.tables import ALL_TABLES, MAINTAINED_TABLES, VECTOR_STORE
 
 shard_sync_job = dg.define_asset_job(
     "shard_sync_job",
@@ -86,10 +86,13 @@ def reconcile_job():
 def maintain(context: dg.OpExecutionContext, iceberg: IcebergResource, retention: RetentionResource) -> dict:
     policy, now = retention.policy(), dt.datetime.now(dt.timezone.utc)
     lake = iceberg.lakehouse()
+    store = maintain_vector_store(lake)  # first: what it rewrites then expires with the rest
+    context.log.info(f"vector store: {store}")
     tables = {}
-    for spec in ALL_TABLES:
+    for spec in MAINTAINED_TABLES:
         tables[spec.name] = maintain_table(lake, spec, policy, now)
         context.log.info(f"maintained {spec.name}: {tables[spec.name]}")
+    tables[VECTOR_STORE.name].update(store)
     keep = latest_state_runs(context.instance, [asset.key for asset in SHARD_ASSETS])
     runs = delete_old_runs(context.instance, now - policy.run_retention, keep)
     context.add_output_metadata({

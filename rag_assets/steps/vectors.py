@@ -1,9 +1,10 @@
 """embeddings: which vectors are reused and which chunks go through the model, and the rows they become.
 
 Rule (vector by chunk_hash + model): nothing is embedded twice for the same (chunk_hash, model). A chunk
-takes its vector from, in this order, the shard's own previous rows, another shard's rows (each reused
-hash is read from one shard only, the first by name, so only the partitions that hold them are read),
-and only then the model. A text can repeat, so several chunks can share one hash and one vector.
+takes its vector from, in this order, the shard's own previous rows, the vector store (every vector any
+shard embedded, keyed by hash: rag_assets/vector_store.py), and only then the model, whose new vectors
+go to the store before the shard's rows are committed. A text can repeat, so several chunks can share
+one hash and one vector.
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pyiceberg.expressions import EqualTo, In
+from pyiceberg.expressions import EqualTo
 
 from rag_assets.embedding import Embedder
-from rag_assets.steps.rows import stacked
 from rag_assets.tables import CHUNKS, EMBEDDINGS, Lakehouse, PartitionWriter
+from rag_assets.vector_store import STORE_COLUMNS, Hits, VectorStore
 
 # Chunk texts sent to the model per call: ~4 MB of text and 6 MB of 384-d vectors on the CPU. A GPU gets
 # 8x more per call, so that its one host sync per call and the table writes between calls stay rare.
 EMBED_WINDOW = 4096
-VECTOR_COLUMNS = ("chunk_hash", "dim", "vector", "embedded_at")  # what a found vector carries
+VECTOR_COLUMNS = STORE_COLUMNS  # what a found vector carries: chunk_hash, dim, vector, embedded_at
 
 
 @dataclass(frozen=True)
 class VectorPlan:
     own: pl.DataFrame  # chunk_hash: vectors the shard's previous rows hold for this model
-    from_other_shards: pl.DataFrame  # chunk_hash, shard: read from that shard's rows
+    from_store: Hits  # hashes found in the vector store, and where
     to_embed: pl.DataFrame  # chunk_hash, token_count: through the model
 
     @property
@@ -39,36 +40,26 @@ class VectorPlan:
         return int(self.to_embed["token_count"].sum())
 
 
-def plan_vectors(chunks: pl.DataFrame, own: pl.DataFrame, others: Iterable[pl.DataFrame]) -> VectorPlan:
+def plan_vectors(chunks: pl.DataFrame, own: pl.DataFrame, lookup) -> VectorPlan:
     """`chunks`: chunk_hash, token_count of the shard's chunks; `own`: chunk_hash of the shard's previous
-    rows for the model; `others`: (chunk_hash, shard) batches of other shards' rows for the model,
-    consumed only when some hash is not the shard's own."""
+    rows for the model; `lookup(hashes) -> Hits`: the store's answer, asked only for hashes not the shard's own."""
     hashes = chunks.group_by("chunk_hash").agg(pl.col("token_count").first())
     own = hashes.select("chunk_hash").join(own, on="chunk_hash", how="semi")
     not_own = hashes.join(own, on="chunk_hash", how="anti")
-    # Other shards' hashes stream past and are matched by a join (an `In` filter would hold every hash of
-    # a new shard as Python objects; random hashes prune no files either way).
-    matched = [batch.join(not_own, on="chunk_hash", how="semi") for batch in others] if not_own.height else []
-    from_others = stacked(matched, {"chunk_hash": pl.String, "shard": pl.String}).group_by("chunk_hash").agg(pl.col("shard").min())
-    return VectorPlan(own, from_others, not_own.join(from_others, on="chunk_hash", how="anti"))
+    hits = lookup(not_own["chunk_hash"].to_list()) if not_own.height else Hits()
+    return VectorPlan(own, hits, not_own.join(hits.hashes, on="chunk_hash", how="anti"))
 
 
-def read_vector_plan(lake: Lakehouse, shard: str, model_key: str, chunks: pl.DataFrame) -> VectorPlan:
-    same_model = EqualTo("model", model_key)
-    own = pl.from_arrow(lake.scan(EMBEDDINGS, EqualTo("shard", shard) & same_model, ("chunk_hash",)))
-    others = (pl.from_arrow(b) for b in lake.batches(EMBEDDINGS, same_model, ("chunk_hash", "shard")))
-    return plan_vectors(chunks, own, others)
+def read_vector_plan(lake: Lakehouse, store: VectorStore, shard: str, model_key: str, chunks: pl.DataFrame) -> VectorPlan:
+    own = pl.from_arrow(lake.scan(EMBEDDINGS, EqualTo("shard", shard) & EqualTo("model", model_key), ("chunk_hash",)))
+    return plan_vectors(chunks, own, lambda hashes: store.lookup(model_key, hashes))
 
 
-def reused_vectors(lake: Lakehouse, shard: str, model_key: str, plan: VectorPlan) -> Iterator[pa.Table]:
-    """(chunk_hash, dim, vector, embedded_at) batches of the plan's reusable vectors: own rows, then other shards'."""
-    same_model = EqualTo("model", model_key)
+def reused_vectors(lake: Lakehouse, store: VectorStore, shard: str, model_key: str, plan: VectorPlan) -> Iterator[pa.Table]:
+    """(chunk_hash, dim, vector, embedded_at) batches of the plan's reusable vectors: own rows, then the store's."""
     if plan.own.height:
-        yield from lake.batches(EMBEDDINGS, EqualTo("shard", shard) & same_model, VECTOR_COLUMNS)
-    if plan.from_other_shards.height:
-        sources = plan.from_other_shards["shard"].unique().sort().to_list()
-        yield from lake.where_in_batches(EMBEDDINGS, "chunk_hash", plan.from_other_shards["chunk_hash"].to_list(),
-                                         VECTOR_COLUMNS, extra=same_model & In("shard", sources))
+        yield from lake.batches(EMBEDDINGS, EqualTo("shard", shard) & EqualTo("model", model_key), VECTOR_COLUMNS)
+    yield from store.vectors(plan.from_store)
 
 
 def first_rows(rows: pa.Table, keep: pl.DataFrame) -> pl.DataFrame:

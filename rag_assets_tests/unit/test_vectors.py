@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from rag_assets.steps.vectors import VECTOR_COLUMNS, VectorRows, first_rows, new_vectors, plan_vectors
 from rag_assets.tables import EMBEDDINGS
+from rag_assets.vector_store import Hits
 
 STAMP = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -21,26 +22,34 @@ def hashes(*values: str) -> pl.DataFrame:
     return pl.DataFrame({"chunk_hash": list(values)}, schema={"chunk_hash": pl.String})
 
 
-def others(*pairs: tuple[str, str]) -> list[pl.DataFrame]:
-    return [pl.DataFrame({"chunk_hash": [h], "shard": [s]}) for h, s in pairs]
+def store_holding(*held: str):
+    """A store lookup (`VectorStore.lookup`) answering from `held`, recording what it was asked."""
+    asked = []
+
+    def lookup(wanted):
+        asked.append(sorted(wanted))
+        return Hits(hashes=pl.DataFrame({"chunk_hash": sorted(set(wanted) & set(held))}, schema={"chunk_hash": pl.String}))
+
+    lookup.asked = asked
+    return lookup
 
 
-def test_own_vectors_first_then_other_shards_then_the_model():
-    plan = plan_vectors(chunks("own", "shared", "fresh", "fresh"), hashes("own", "gone"),
-                        others(("shared", "zeta"), ("shared", "alpha"), ("own", "beta"), ("unrelated", "beta")))
+def test_own_vectors_first_then_the_store_then_the_model():
+    lookup = store_holding("shared", "own", "unrelated")
+    plan = plan_vectors(chunks("own", "shared", "fresh", "fresh"), hashes("own", "gone"), lookup)
     assert plan.own["chunk_hash"].to_list() == ["own"]
-    assert plan.from_other_shards.rows() == [("shared", "alpha")]  # read from one shard only: the first by name
+    assert lookup.asked == [["fresh", "shared"]]  # the store is asked only for what the shard does not hold
+    assert plan.from_store.hashes["chunk_hash"].to_list() == ["shared"]
     assert plan.to_embed["chunk_hash"].to_list() == ["fresh"]  # a repeated text is embedded once
     assert plan.tokens == 30  # the first chunk's count for a repeated hash
 
 
-def test_other_shards_are_not_read_when_the_shard_holds_every_vector():
-    def never():
-        raise AssertionError("other shards' hashes were read")
-        yield  # pragma: no cover
+def test_the_store_is_not_asked_when_the_shard_holds_every_vector():
+    def never(wanted):
+        raise AssertionError("the store was asked")
 
-    plan = plan_vectors(chunks("a", "b"), hashes("a", "b"), never())
-    assert plan.to_embed.is_empty() and plan.from_other_shards.is_empty() and plan.tokens == 0
+    plan = plan_vectors(chunks("a", "b"), hashes("a", "b"), never)
+    assert plan.to_embed.is_empty() and plan.from_store.hashes.is_empty() and plan.tokens == 0
 
 
 def test_first_rows_picks_the_first_row_of_each_wanted_hash_in_order():
