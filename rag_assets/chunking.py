@@ -57,10 +57,51 @@ class Chunker:
     def chunk_hash(self, text: str) -> str:
         return hashlib.sha256(f"{self.settings_key}\0{text}".encode()).hexdigest()
 
+    @property
+    def max_chunk_chars(self) -> int:
+        return self.capacity * CHARS_PER_TOKEN_BOUND
+
     def split(self, text: str) -> list[Chunk]:
-        pieces = [(start, piece) for start, piece in self.splitter.chunk_indices(text) if piece.strip()]
+        """The text's chunks, each at most `capacity` tokens and `max_chunk_chars` characters.
+
+        Bounded in time and memory whatever the text: the splitter sees at most SEGMENT_CHARS at a time
+        (the text is cut at a line break or a space before that, so ordinary documents are unaffected),
+        and a piece longer than `max_chunk_chars` (a run of characters with no split point, which the
+        tokenizer counts as one [UNK]) is cut into pieces of that many characters."""
+        pieces = [
+            (offset + start + s, part)
+            for offset, segment in segments(text, SEGMENT_CHARS)
+            for start, piece in self.splitter.chunk_indices(segment) if piece.strip()
+            for s, part in cut(piece, self.max_chunk_chars)
+        ]
         counts = [len(e.ids) for e in self.tokenizer.encode_batch([p for _, p in pieces], add_special_tokens=False)]
         return [
             Chunk(i, piece, start, start + len(piece), count, self.chunk_hash(piece))
             for i, ((start, piece), count) in enumerate(zip(pieces, counts))
         ]
+
+
+# WordPiece reads a word of more than 100 characters as one [UNK], so a token can stand for 100 characters;
+# real text averages 4-5 characters per token. A chunk may hold 12 characters per token of capacity.
+CHARS_PER_TOKEN_BOUND = 12
+SEGMENT_CHARS = 1_000_000  # what the splitter is given at once
+
+
+def segments(text: str, size: int) -> list[tuple[int, str]]:
+    """(offset, piece) of `text` in pieces of at most `size` characters, cut at the last line break (else
+    space) of each window when there is one in its second half."""
+    out, start = [], 0
+    while len(text) - start > size:
+        window = text[start:start + size]
+        line_break = window.rfind("\n")
+        cut_at = line_break if line_break > size // 2 else window.rfind(" ")
+        end = start + (cut_at + 1 if cut_at > size // 2 else size)
+        out.append((start, text[start:end]))
+        start = end
+    out.append((start, text[start:]))
+    return out
+
+
+def cut(piece: str, size: int) -> list[tuple[int, str]]:
+    """(offset, part) of `piece` in parts of at most `size` characters (one part when it fits)."""
+    return [(i, piece[i:i + size]) for i in range(0, len(piece), size)] if len(piece) > size else [(0, piece)]

@@ -73,13 +73,18 @@ def _print_sync(data: dict) -> None:
     click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
 
 
+MAX_K = 1000  # hits per search
+
+
 @main.command()
 @click.argument("query")
-@click.option("-k", "k", default=5, show_default=True, help="How many chunks.")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K), help="How many chunks.")
 @click.option("--shard", default=None, help="Only this shard.")
 @click.option("--json", "as_json", is_flag=True)
 def search(query: str, k: int, shard: str | None, as_json: bool) -> None:
     """Top-k chunks for QUERY with score, shard, doc_id and text."""
+    if not query.strip():
+        raise click.BadParameter("the query is empty", param_hint="QUERY")
     hits = _search(Settings.from_env(), query, k, shard)
     if as_json:
         click.echo(json.dumps({"query": query, "hits": hits}, indent=2))
@@ -96,6 +101,8 @@ def _search(settings: Settings, query: str, k: int, shard: str | None) -> list[d
     vector = res["model"].embedder().encode([query])[0]
     with res["qdrant"].index().session() as session:
         hits = session.search(vector, k, shard)
+        if shard is not None and not hits and not session.count(shard):
+            raise click.BadParameter(f"no shard {shard!r} in the collection (`rag-assets status` lists the shards)", param_hint="--shard")
     return [
         {"score": h.score, "shard": h.payload.get("shard"), "doc_id": h.payload.get("doc_id"),
          "chunk_id": h.payload.get("chunk_id"), "title": h.payload.get("title"), "text": h.payload.get("text")}

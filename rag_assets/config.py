@@ -118,6 +118,7 @@ class Settings:
     snapshot_retention_hours: int  # Iceberg snapshots younger than this are kept: the reach of time travel and rollback
     orphan_age_hours: int  # unreferenced files younger than this are never deleted (a commit may still add them)
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
+    max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -153,4 +154,5 @@ class Settings:
             snapshot_retention_hours=_env_int("RAG_SNAPSHOT_RETENTION_HOURS", 168, minimum=0),
             orphan_age_hours=_env_int("RAG_ORPHAN_AGE_HOURS", 72, minimum=1),
             run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
+            max_document_mb=_env_int("RAG_MAX_DOCUMENT_MB", 64, minimum=1),
         )

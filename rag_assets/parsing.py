@@ -6,7 +6,6 @@ and quarantine says exactly what was left out and why.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -82,17 +81,46 @@ def decode_text(data: bytes) -> str | Rejection:
         return Rejection("", "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
 
 
-def parse_file(path: str, data: bytes, fields: RecordFields = RecordFields()) -> Iterator[Document | Rejection]:
-    """Documents of one file; `path` is relative to the source root and becomes the doc_id prefix."""
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # RAG_MAX_DOCUMENT_MB's default
+
+
+def gunzip(data: bytes, max_bytes: int) -> bytes | Rejection:
+    """The decompressed bytes of a gzip file (every member), inflated a piece at a time and abandoned as
+    soon as they pass `max_bytes`: a bomb of a few MB that inflates to GBs never reaches memory."""
+    out, total, rest = [], 0, data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # gzip framing
+            chunk = inflater.decompress(rest, max_bytes + 1 - total)
+            while True:
+                out.append(chunk)
+                total += len(chunk)
+                if total > max_bytes:
+                    return Rejection("", "too_large", f"decompresses to more than {max_bytes} bytes (the document size limit)")
+                if inflater.eof or not inflater.unconsumed_tail:
+                    break
+                chunk = inflater.decompress(inflater.unconsumed_tail, max_bytes + 1 - total)
+            if not inflater.eof:
+                return Rejection("", "corrupt_gzip", "compressed data ends early")
+            rest = inflater.unused_data.lstrip(b"\0")  # concatenated members; trailing zero padding
+    except zlib.error as exc:
+        return Rejection("", "corrupt_gzip", str(exc))
+    return b"".join(out)
+
+
+def parse_file(
+    path: str, data: bytes, fields: RecordFields = RecordFields(), max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Document | Rejection]:
+    """Documents of one file; `path` is relative to the source root and becomes the doc_id prefix.
+    `max_bytes` bounds the decompressed file and every single value in it."""
     fmt = format_of(path)
     if fmt is None:
         yield Rejection("", "unsupported_type", f"no reader for {path.rsplit('/', 1)[-1]!r}")
         return
     if path.lower().endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            yield Rejection("", "corrupt_gzip", str(exc))
+        data = gunzip(data, max_bytes)
+        if isinstance(data, Rejection):
+            yield data
             return
     if not data.strip():
         yield Rejection("", "empty", "file is empty")
@@ -103,7 +131,7 @@ def parse_file(path: str, data: bytes, fields: RecordFields = RecordFields()) ->
     elif fmt in (".html", ".htm"):
         yield parse_html(path, data)
     elif fmt == ".parquet":
-        yield from parse_parquet(path, data, fields)
+        yield from parse_parquet(path, data, fields, max_bytes)
     else:
         text = decode_text(data)
         if isinstance(text, Rejection):
@@ -152,7 +180,17 @@ def parse_html(path: str, data: bytes) -> Document | Rejection:
     return make_document(path, title, text)
 
 
+TOO_DEEP = "nested deeper than the JSON reader's recursion limit"
+
+
 def _record(path: str, index: int, rec: object, fields: RecordFields, seen: set[str]) -> Document | Rejection:
+    try:
+        return _record_of(path, index, rec, fields, seen)
+    except RecursionError:  # a metadata field nested too deep to serialize
+        return Rejection(f"L{index}", "malformed_json", f"a field is {TOO_DEEP}")
+
+
+def _record_of(path: str, index: int, rec: object, fields: RecordFields, seen: set[str]) -> Document | Rejection:
     where = f"L{index}"
     if not isinstance(rec, dict):
         return Rejection(where, "malformed_record", f"expected an object, got {type(rec).__name__}")
@@ -179,6 +217,9 @@ def parse_jsonl(path: str, text: str, fields: RecordFields) -> Iterator[Document
         except json.JSONDecodeError as exc:
             yield Rejection(f"L{lineno}", "malformed_json", exc.msg)
             continue
+        except RecursionError:
+            yield Rejection(f"L{lineno}", "malformed_json", f"the line is {TOO_DEEP}")
+            continue
         yield _record(path, lineno, rec, fields, seen)
 
 
@@ -189,6 +230,9 @@ def parse_json(path: str, text: str, fields: RecordFields) -> Iterator[Document 
     except json.JSONDecodeError as exc:
         yield Rejection("", "malformed_json", f"{exc.msg} at line {exc.lineno}")
         return
+    except RecursionError:
+        yield Rejection("", "malformed_json", f"the file is {TOO_DEEP}")
+        return
     if isinstance(obj, dict) and fields.text not in obj:
         lists = [v for v in obj.values() if isinstance(v, list)]
         obj = lists[0] if len(lists) == 1 else obj
@@ -198,7 +242,7 @@ def parse_json(path: str, text: str, fields: RecordFields) -> Iterator[Document 
         yield _record(path, index, rec, fields, seen)
 
 
-def parse_parquet(path: str, data: bytes, fields: RecordFields) -> Iterator[Document | Rejection]:
+def parse_parquet(path: str, data: bytes, fields: RecordFields, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Document | Rejection]:
     import pyarrow.parquet as pq
 
     try:
@@ -206,6 +250,13 @@ def parse_parquet(path: str, data: bytes, fields: RecordFields) -> Iterator[Docu
     except Exception as exc:  # pyarrow raises several types for a corrupt footer
         yield Rejection("", "malformed_parquet", str(exc)[:500])
         return
+    # A few KB of zstd can hold a 200 MB string: the footer says how large each column chunk inflates,
+    # so a file whose row group would not fit the limit is refused before anything is decompressed.
+    for group in range(pf.metadata.num_row_groups):
+        inflated = pf.metadata.row_group(group).total_byte_size
+        if inflated > max_bytes:
+            yield Rejection("", "too_large", f"row group {group} inflates to {inflated} bytes (> {max_bytes}, the document size limit)")
+            return
     if fields.text not in pf.schema_arrow.names:
         yield Rejection("", "malformed_record", f"no {fields.text!r} column (columns: {pf.schema_arrow.names})")
         return

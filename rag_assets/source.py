@@ -11,11 +11,12 @@ import collections
 import hashlib
 import itertools
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".json", ".jsonl", ".parquet")
 
@@ -61,6 +62,9 @@ class Source:
 
     location: str
     read_concurrency = 1
+    # Top-level names the last `list_shards` did not take as shards, with the reason (reported by
+    # `sync`, `status` and the sensor, never skipped in silence). Set per instance.
+    skipped: dict[str, str]
 
     def uri(self, path: str) -> str: ...  # pragma: no cover - interface
     def list_shards(self) -> dict[str, ShardListing]: ...  # pragma: no cover
@@ -103,6 +107,7 @@ class LocalSource(Source):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.location = str(self.root)
+        self.skipped = {}
 
     def has_shard(self, shard: str) -> bool:
         return (self.root / shard).is_dir()
@@ -114,10 +119,18 @@ class LocalSource(Source):
         if not self.root.is_dir():
             raise FileNotFoundError(f"RAG_SOURCE {self.root} is not a folder")
         shards: dict[str, ShardListing] = {}
+        self.skipped = {}
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                continue
-            shards[entry.name] = self.list_shard(entry.name)
+            if entry.is_symlink() and entry.is_dir():
+                self.skipped[printable(entry.name)] = "a symlink to a folder (shards are real folders; links are not followed)"
+            elif not entry.is_dir(follow_symlinks=False):
+                continue  # files directly under the root belong to no shard
+            elif entry.name.startswith("."):
+                self.skipped[printable(entry.name)] = "hidden (its name starts with '.')"
+            elif (bad := bad_shard_name(entry.name)) is not None:
+                self.skipped[printable(entry.name)] = bad
+            else:
+                shards[entry.name] = self.list_shard(entry.name)
         return shards
 
     def list_shard(self, shard: str) -> ShardListing:
@@ -141,19 +154,76 @@ class LocalSource(Source):
                     found.append(entry)
         for entry in sorted(found, key=lambda e: e.path):
             rel = entry.path[prefix:].replace(os.sep, "/")
+            if (bad := bad_name(rel)) is not None:
+                listing.files.append(SourceFile(printable(rel), 0, "bad_name", bad))
+                continue
             try:
                 if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root_real):
                     listing.files.append(SourceFile(rel, 0, "symlink", "symlink points outside the source root"))
                     continue
                 st = entry.stat()  # follows a link that stays inside the root
-            except OSError as exc:  # vanished between listing and stat, or a dangling link
+            except RuntimeError:  # Path.resolve on a link loop (a -> b -> a)
+                listing.files.append(SourceFile(rel, 0, "symlink", "symlink loop"))
+                continue
+            except OSError as exc:  # vanished between listing and stat, a dangling link, a loop
                 listing.files.append(SourceFile(rel, 0, "unreadable", f"cannot stat file: {exc.strerror or exc}"))
+                continue
+            if not stat.S_ISREG(st.st_mode):  # never opened: a FIFO blocks a reader, a device never ends
+                listing.files.append(SourceFile(rel, 0, "special", f"not a regular file ({_file_kind(st.st_mode)})"))
                 continue
             listing.files.append(SourceFile(rel, st.st_size, str(st.st_mtime_ns)))
         return listing
 
     def read_bytes(self, file: SourceFile) -> bytes:
-        return (self.root / file.path).read_bytes()
+        """The file's bytes, at most as many as it had when listed: O_NONBLOCK so that a file replaced by
+        a FIFO since the listing cannot block, and a file that is no longer regular or grew is refused."""
+        fd = os.open(self.root / file.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as stream:
+            st = os.fstat(stream.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(f"{file.path}: not a regular file any more ({_file_kind(st.st_mode)})")
+            data = stream.read(file.size + 1)
+        if len(data) > file.size:
+            raise OSError(f"{file.path}: changed since listing (larger than the {file.size} bytes listed)")
+        return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+# A shard name becomes a Dagster partition key and an Iceberg partition folder (`shard=<url-quoted name>`):
+# folder names are at most 255 bytes, so names quoting to more than this are refused.
+MAX_SHARD_NAME_BYTES = 200
+
+
+def printable(name: str) -> str:
+    """A stable, printable spelling of a name read from the file system (undecodable bytes as \\xNN)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def bad_name(name: str) -> str | None:
+    """Why a file or shard name cannot be stored (None when it can): names must be UTF-8 without control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"name is not valid UTF-8: {printable(name)!r}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"name holds control characters: {name!r}"
+    return None
+
+
+def bad_shard_name(name: str) -> str | None:
+    """Why a top-level folder cannot be a shard (None when it can)."""
+    if (bad := bad_name(name)) is not None:
+        return bad
+    if len(quote(name, safe="").encode()) > MAX_SHARD_NAME_BYTES:
+        return f"name is longer than {MAX_SHARD_NAME_BYTES} bytes once URL-quoted (a partition folder name)"
+    return None
 
 
 def _hidden(rel: str) -> bool:
@@ -175,6 +245,7 @@ class S3Source(Source):
         if parts.scheme != "s3" or not parts.netloc:
             raise ValueError(f"RAG_SOURCE {location!r}: expected s3://bucket[/prefix]")
         self.location = location
+        self.skipped = {}
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
         if client is None:
@@ -195,13 +266,22 @@ class S3Source(Source):
                 rel = obj["Key"][len(self.prefix):]
                 shard, sep, rest = rel.partition("/")
                 if not sep or not rest or rel.endswith("/") or _hidden(rel):
+                    if shard.startswith(".") and sep:
+                        self.skipped[printable(shard)] = "hidden (its name starts with '.')"
                     continue  # objects directly under the prefix belong to no shard; "folder" markers
+                if (bad := bad_name(rel)) is not None:
+                    yield shard, SourceFile(rel, 0, "bad_name", bad)
+                    continue
                 yield shard, SourceFile(rel, obj["Size"], obj["ETag"].strip('"'))
 
     def list_shards(self) -> dict[str, ShardListing]:
         shards: dict[str, ShardListing] = {}
+        self.skipped = {}
         for shard, f in self._objects(self.prefix):
-            shards.setdefault(shard, ShardListing(shard)).files.append(f)
+            if (bad := bad_shard_name(shard)) is not None:
+                self.skipped[printable(shard)] = bad
+            else:
+                shards.setdefault(shard, ShardListing(shard)).files.append(f)
         return dict(sorted(shards.items()))
 
     def list_shard(self, shard: str) -> ShardListing:

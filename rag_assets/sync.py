@@ -32,6 +32,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # run lo
 @dataclass
 class SyncReport:
     shards: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # top-level source names that are not shards, and why
 
     def as_json(self) -> dict:
         totals = {k: 0 for k in COUNT_FIELDS}
@@ -40,7 +41,7 @@ class SyncReport:
                 totals[k] += row.get(k, 0)
         totals["seconds"] = round(totals["seconds"], 3)
         totals["failed"] = sum(1 for r in self.shards.values() if r["status"] == "failed")
-        return {"shards": self.shards, "totals": totals}
+        return {"shards": self.shards, "totals": totals, "skipped_shards": self.skipped}
 
 
 def run_sync(
@@ -55,7 +56,7 @@ def run_sync(
     busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
     unchanged = {p.shard for p in plans if p.status == "unchanged"}
     last = {asset.key: latest_metadata(instance, asset.key, unchanged) for asset in (raw_documents, chunks)} if unchanged else {}
-    report = SyncReport()
+    report = SyncReport(skipped=dict(source.skipped))
     for plan in plans:
         started = time.perf_counter()
         row: dict = {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}}
@@ -95,7 +96,17 @@ def run_sync(
 
 
 def _first_error(result) -> str:
+    """The innermost cause of the run's first step failure, as "Type: message" (Dagster wraps a step's
+    exception in its own "Error occurred while executing op ..." error; the cause is what went wrong)."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
+            return root_cause(event.step_failure_data.error)
     return "run failed"
+
+
+def root_cause(error) -> str:
+    """First line of the innermost cause of a Dagster SerializableErrorInfo (its message carries the type)."""
+    while error.cause is not None:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    return lines[0] if lines else error.cls_name or "error"

@@ -11,7 +11,7 @@ from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.cli import main
 from rag_assets.source import LocalSource
 from rag_assets.sync import run_sync
-from rag_assets.tables import QUARANTINE, RAW_DOCUMENTS
+from rag_assets.tables import CHUNKS, QUARANTINE, RAW_DOCUMENTS
 from rag_assets_tests.conftest import make_env, write_bad_inputs
 
 SPACED, UNICODE = "bad things", "données 日本語 ✓"
@@ -78,3 +78,109 @@ def test_a_file_that_vanishes_between_listing_and_reading_is_quarantined(tmp_pat
     assert "FileNotFoundError" in lake.read_partition(QUARANTINE, "s")["detail"][0].as_py()
     assert lake.read_partition(RAW_DOCUMENTS, "s")["doc_id"].to_pylist() == ["s/stays.md"]
     assert os.path.exists(shard / "stays.md")
+
+
+def write_hostile_inputs(folder) -> dict[str, str]:
+    """Files a hostile user leaves in a shard (RAG_MAX_DOCUMENT_MB=4); returns name -> quarantine reason."""
+    import gzip
+    import io
+    import stat
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bomb.txt.gz").write_bytes(gzip.compress(b"\0" * (64 * 1024 * 1024), 9))  # 64 KB -> 64 MB
+    (folder / "record.jsonl.gz").write_bytes(gzip.compress(b'{"_id": "r", "text": "' + b"a" * (16 * 1024 * 1024) + b'"}\n', 9))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"_id": ["v"], "text": ["b" * (16 * 1024 * 1024)]}), buffer, compression="zstd")
+    (folder / "value.parquet").write_bytes(buffer.getvalue())  # a few KB holding a 16 MB string
+    os.mkfifo(folder / "pipe.md")
+    (folder / "loop-a.md").symlink_to(folder / "loop-b.md")
+    (folder / "loop-b.md").symlink_to(folder / "loop-a.md")
+    with open(os.open(bytes(folder) + b"/caf\xe9.md", os.O_CREAT | os.O_WRONLY, 0o644), "w") as f:  # Latin-1 name
+        f.write("# Latin-1 name\n\nThis name is not UTF-8.\n")
+    deep = "[" * 100_000 + "]" * 100_000
+    (folder / "deep.json").write_text(deep)
+    (folder / "deep.jsonl").write_text('{"_id": "fine", "text": "Valid records around a deep one still land."}\n' + deep + "\n")
+    reasons = {
+        "bomb.txt.gz": "too_large", "record.jsonl.gz": "too_large", "value.parquet": "too_large",
+        "pipe.md": "special_file", "loop-a.md": "unreadable", "loop-b.md": "unreadable",
+        "caf%5Cxe9.md": "bad_name",  # (the URI of the printable name `caf\\xe9.md`)
+        "deep.json": "malformed_json", "deep.jsonl": "malformed_json",
+    }
+    try:  # a character device (/dev/zero's numbers): needs CAP_MKNOD, which CI's root has
+        os.mknod(folder / "zero.md", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+        reasons["zero.md"] = "special_file"
+    except PermissionError:
+        pass
+    return reasons
+
+
+def test_hostile_files_are_quarantined_and_never_stop_or_repeat_a_sync(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch, RAG_MAX_DOCUMENT_MB="4")
+    reasons = write_hostile_inputs(env.source / "junk")
+    (env.source / "junk" / "kites.md").write_text("# Kites\n\nA kite needs steady wind and a long line to climb.\n")
+    (env.source / "junk" / "word.md").write_text("# One long word\n\n" + "w" * 200_000 + "\n")
+    (env.source / "good").mkdir()
+    (env.source / "good" / "bread.md").write_text("# Bread\n\nBread rises when yeast ferments the dough.\n")
+    # Top-level names that cannot be shards: reported, never skipped in silence.
+    (env.source / ".hidden").mkdir()
+    (env.source / ".hidden" / "a.md").write_text("# Hidden\n\nNot a shard.\n")
+    (env.source / "linked").symlink_to(env.source / "good")
+    os.mkdir(bytes(env.source) + b"/latin\xe9")
+    (env.source / ("n" * 250)).mkdir()
+
+    report = run_sync(env.instance(), env.resources()).as_json()
+    assert {s: r["status"] for s, r in report["shards"].items()} == {"junk": "new", "good": "new"}
+    assert report["totals"]["failed"] == 0
+    assert set(report["skipped_shards"]) == {".hidden", "linked", "latin\\xe9", "n" * 250}
+    assert "URL-quoted" in report["skipped_shards"]["n" * 250] and "UTF-8" in report["skipped_shards"]["latin\\xe9"]
+
+    lake = env.resources()["iceberg"].lakehouse()
+    rows = lake.read_partition(QUARANTINE, "junk").to_pylist()
+    assert {r["source_uri"].rsplit("/", 1)[1]: r["reason"] for r in rows} == reasons
+    detail = {r["source_uri"].rsplit("/", 1)[1]: r["detail"] for r in rows}
+    assert "decompresses to more than" in detail["bomb.txt.gz"] and "inflates to" in detail["value.parquet"]
+    assert detail["pipe.md"] == "not a regular file (a FIFO)" and "loop" in detail["loop-a.md"]
+    docs = sorted(lake.read_partition(RAW_DOCUMENTS, "junk")["doc_id"].to_pylist())
+    assert docs == ["junk/deep.jsonl#fine", "junk/kites.md", "junk/word.md"]  # the valid record of deep.jsonl too
+    chunks = lake.read_partition(CHUNKS, "junk", ("doc_id", "text", "token_count")).to_pylist()
+    word = [c for c in chunks if c["doc_id"] == "junk/word.md"]
+    assert max(len(c["text"]) for c in word) <= env.resources()["model"].chunker().max_chunk_chars
+    assert sum(len(c["text"]) for c in word) >= 200_000  # cut, not dropped
+
+    again = run_sync(env.instance(), env.resources()).as_json()  # nothing fails again, nothing re-runs
+    assert {s: r["status"] for s, r in again["shards"].items()} == {"junk": "unchanged", "good": "unchanged"}
+
+
+def test_the_error_of_a_failed_shard_is_its_real_cause(tmp_path, monkeypatch):
+    from rag_assets.steps import documents
+
+    env = make_env(tmp_path, monkeypatch)
+    for shard in ("ok", "broken"):
+        (env.source / shard).mkdir()
+        (env.source / shard / "a.md").write_text(f"# {shard}\n\nSome text about {shard} shards.\n")
+    plan_reads = documents.plan_reads
+
+    def failing(src, listing, previous, limit):
+        if listing.shard == "broken":
+            raise PermissionError(13, "Permission denied", "broken/a.md")
+        return plan_reads(src, listing, previous, limit)
+
+    monkeypatch.setattr(documents, "plan_reads", failing)
+    report = run_sync(env.instance(), env.resources()).as_json()
+    assert report["shards"]["ok"]["status"] == "new" and report["shards"]["broken"]["status"] == "failed"
+    assert report["shards"]["broken"]["error"] == "PermissionError: [Errno 13] Permission denied: 'broken/a.md'"
+
+
+def test_search_arguments_are_checked(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch)
+    (env.source / "s").mkdir()
+    (env.source / "s" / "a.md").write_text("# Owls\n\nOwls hunt at night and see well in the dark.\n")
+    assert run_sync(env.instance(), env.resources()).as_json()["totals"]["failed"] == 0
+    for args, message in ((["owls", "-k", "-5"], "-5 is not in the range 1<=x<=1000"), (["  "], "the query is empty"),
+                          (["owls", "--shard", "nope"], "no shard 'nope' in the collection")):
+        out = CliRunner().invoke(main, ["search", *args])
+        assert out.exit_code == 2 and message in out.output and "Traceback" not in out.output, out.output
+    assert CliRunner().invoke(main, ["search", "owls", "--shard", "s", "-k", "1"]).exit_code == 0

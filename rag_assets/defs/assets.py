@@ -52,7 +52,7 @@ def raw_documents(context: dg.AssetExecutionContext, source: SourceResource, ice
         written = KeptColumns(out, ("doc_id", "content_hash"), RAW_DOCUMENTS)
         for rows in documents.copied_documents(lake, shard, plan.unchanged):
             written.add(stamped(rows))
-        for rows in documents.read_documents(src, plan.to_read, source.fields, now(), plan.quarantine):
+        for rows in documents.read_documents(src, plan.to_read, source.fields, now(), plan.quarantine, source.max_document_mb):
             written.add(stamped(rows))
         result = out.commit()
     lake.replace_partition(QUARANTINE, shard, plan.quarantine.table())

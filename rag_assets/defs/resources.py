@@ -31,7 +31,7 @@ class SourceResource(dg.ConfigurableResource):
     id_field: str = "_id"
     title_field: str = "title"
     text_field: str = "text"
-    max_document_mb: int = 64  # larger files are quarantined ("too_large") instead of read
+    max_document_mb: int = 64  # larger files (decompressed too) are quarantined ("too_large") instead of read
 
     def open(self) -> Source:
         return open_source(self.location)
@@ -129,7 +129,7 @@ class RetentionResource(dg.ConfigurableResource):
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
-        "source": SourceResource(location=settings.source),
+        "source": SourceResource(location=settings.source, max_document_mb=settings.max_document_mb),
         "iceberg": IcebergResource(
             catalog_name=settings.iceberg_catalog,
             namespace=settings.iceberg_namespace,

@@ -22,10 +22,13 @@ def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, source: SourceResource, model: ModelResource, qdrant: QdrantResource
     ):
         ensure_gpu_pool(context.instance)  # before the first run is queued, so the queue enforces it
+        src = source.open()
         try:
-            plans = plan_sync(context.instance, source.open(), index_settings(model, qdrant))
+            plans = plan_sync(context.instance, src, index_settings(model, qdrant))
         except (FileNotFoundError, SettingsConflict) as exc:
             return dg.SkipReason(str(exc))
+        for name, why in src.skipped.items():  # not shards: reported at every tick, never skipped in silence
+            context.log.warning(f"source entry {name!r} is not a shard: {why}")
         busy = busy_shards(context.instance)  # a shard with a run queued or running is left to that run
         known = set(context.instance.get_dynamic_partitions(shards.name))
         new = [p.shard for p in plans if p.status == "new" and p.shard not in known]

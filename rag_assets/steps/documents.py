@@ -68,14 +68,17 @@ class ReadPlan:
     unchanged: list[str] = field(default_factory=list)  # URIs whose previous rows are copied over
 
 
+LISTING_REASONS = {"bad_name": "bad_name", "special": "special_file"}  # else "unreadable" (links, stat errors)
+
+
 def plan_reads(src: Source, listing: ShardListing, previous: PreviousDocuments, max_document_mb: int) -> ReadPlan:
     """Sort the shard's listed files into files to read, files to copy over and files to reject."""
     limit = max_document_mb * 1024 * 1024
     plan = ReadPlan(Quarantine(listing.shard))
     for f in listing.files:
         uri = src.uri(f.path)
-        if f.rejected:
-            plan.quarantine.reject(uri, "", "unreadable", f.rejected)
+        if f.rejected:  # refused by the listing: its `version` names the kind
+            plan.quarantine.reject(uri, "", LISTING_REASONS.get(f.version, "unreadable"), f.rejected)
         elif f.size > limit:
             plan.quarantine.reject(uri, "", "too_large", f"{f.size} bytes > {max_document_mb} MiB limit")
         elif previous.file_versions.get(uri) == {(f.size, f.version)}:
@@ -104,7 +107,8 @@ def copied_documents(lake: Lakehouse, shard: str, uris: list[str]) -> Iterator[p
 
 
 def read_documents(
-    src: Source, files: list[SourceFile], fields: RecordFields, stamp: dt.datetime, quarantine: Quarantine
+    src: Source, files: list[SourceFile], fields: RecordFields, stamp: dt.datetime, quarantine: Quarantine,
+    max_document_mb: int,
 ) -> Iterator[pa.Table]:
     """Rows of the documents in `files`, read a few files at a time and yielded DOCUMENT_BATCH at a time;
     what cannot be read or parsed goes to `quarantine`."""
@@ -114,7 +118,7 @@ def read_documents(
         if isinstance(data, OSError):  # vanished or unreadable since listing
             quarantine.reject(uri, "", "unreadable", f"{type(data).__name__}: {data.strerror or data}")
             continue
-        for item in parse_file(f.path, data, fields):
+        for item in parse_file(f.path, data, fields, max_document_mb * 1024 * 1024):
             if not isinstance(item, Document):
                 quarantine.reject(uri, item.record, item.reason, item.detail)
                 continue
