@@ -50,6 +50,7 @@ class Chunker:
         from semantic_text_splitter import MarkdownSplitter
 
         self.capacity = chunk_capacity(model, chunk_tokens, overlap_tokens)
+        self.overlap = overlap_tokens
         self.settings_key = chunker_settings_key(model, chunk_tokens, overlap_tokens)
         self.tokenizer = load_tokenizer(model)
         self.splitter = MarkdownSplitter.from_huggingface_tokenizer(self.tokenizer, self.capacity, overlap_tokens)
@@ -68,19 +69,38 @@ class Chunker:
         (the text is cut at a line break or a space before that, so ordinary documents are unaffected),
         and a piece longer than `max_chunk_chars` (a run of characters with no split point, which the
         tokenizer counts as one [UNK]) is cut into pieces of that many characters."""
-        pieces = [
-            (offset + start + s, part)
-            for offset, segment in segments(text, SEGMENT_CHARS)
-            for start, piece in self.splitter.chunk_indices(segment) if piece.strip()
-            for s, part in cut(piece, self.max_chunk_chars)
-        ]
-        counts = [len(e.ids) for e in self.tokenizer.encode_batch([p for _, p in pieces], add_special_tokens=False)]
-        return [
-            Chunk(i, piece, start, start + len(piece), count, self.chunk_hash(piece))
-            for i, ((start, piece), count) in enumerate(zip(pieces, counts))
-        ]
+        chunks: list[Chunk] = []
+        for offset, segment in segments(text, SEGMENT_CHARS):  # counted a segment at a time: bounded memory
+            pieces = [(offset + start + s, part) for start, piece in self._pieces(segment) if piece.strip()
+                      for s, part in cut(piece, self.max_chunk_chars)]
+            counts = [len(e.ids) for e in self.tokenizer.encode_batch([p for _, p in pieces], add_special_tokens=False)]
+            chunks += [Chunk(len(chunks) + i, piece, start, start + len(piece), count, self.chunk_hash(piece))
+                       for i, ((start, piece), count) in enumerate(zip(pieces, counts))]
+        return chunks
 
 
+    def _pieces(self, segment: str):
+        """(start, text) pieces of one segment: the structure-aware splitter for ordinary sizes; for a longer
+        segment, windows of `capacity` tokens cut at token boundaries from one tokenizer pass (the splitter
+        re-tokenizes as it searches: ~3 s per MB of prose and ~28 s per MB of random characters, measured)."""
+        if len(segment) <= SPLITTER_MAX_CHARS:
+            yield from self.splitter.chunk_indices(segment)
+            return
+        offsets = self.tokenizer.encode(segment, add_special_tokens=False).offsets
+        # A window's text tokenizes again to about as many tokens; the margin keeps it within capacity.
+        size = self.capacity - WINDOW_MARGIN_TOKENS
+        step = max(size - self.overlap, 1)
+        for first in range(0, len(offsets), step):
+            last = min(first + size, len(offsets)) - 1
+            start, end = offsets[first][0], offsets[last][1]
+            yield start, segment[start:end]
+            if last == len(offsets) - 1:
+                break
+
+
+# Segments longer than this are cut in token windows rather than by the splitter (see `_pieces`).
+SPLITTER_MAX_CHARS = 256_000
+WINDOW_MARGIN_TOKENS = 8
 # WordPiece reads a word of more than 100 characters as one [UNK], so a token can stand for 100 characters;
 # real text averages 4-5 characters per token. A chunk may hold 12 characters per token of capacity.
 CHARS_PER_TOKEN_BOUND = 12
