@@ -12,14 +12,28 @@ import click
 from rag_assets.config import Settings
 
 
+def _dagster_home(settings: Settings) -> Path:
+    if not os.environ.get("DAGSTER_HOME"):
+        os.environ["DAGSTER_HOME"] = str(settings.home / "dagster")
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _home_lock(settings: Settings, name: str):
+    """A lock file in the Dagster home (filelock: flock on POSIX), shared by every `rag-assets` process of it."""
+    from filelock import FileLock
+
+    return FileLock(_dagster_home(settings) / f".rag-{name}.lock")
+
+
 def _instance(settings: Settings):
     import dagster as dg
 
-    if not os.environ.get("DAGSTER_HOME"):
-        home = settings.home / "dagster"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    # Two commands starting on a fresh home would both create the SQLite storages and run their
+    # migrations (seen: two alembic heads, every later command failing): one creates, the other waits.
+    with _home_lock(settings, "instance"):
+        return dg.DagsterInstance.get()
 
 
 @click.group()
@@ -47,6 +61,14 @@ def _sync(settings: Settings, quiet: bool):
     from rag_assets.shard_state import SettingsConflict
     from rag_assets.sync import run_sync
 
+    from filelock import Timeout
+
+    lock = _home_lock(settings, "sync")  # one `rag-assets sync` per home at a time; a second one waits
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        click.echo(f"another `rag-assets sync` of this home is running; waiting for it ({lock.lock_file})", err=True)
+        lock.acquire()
     instance = _instance(settings)
     bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
 
@@ -60,6 +82,7 @@ def _sync(settings: Settings, quiet: bool):
         raise click.ClickException(str(exc)) from exc
     finally:
         bar.close()
+        lock.release()
 
 
 def _print_sync(data: dict) -> None:

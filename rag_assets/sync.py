@@ -12,7 +12,7 @@ import dagster as dg
 
 from rag_assets.defs.assets import SHARD_ASSETS, chunks, embeddings, raw_documents, vector_index
 from rag_assets.defs.jobs import remove_run_config, remove_shard_job
-from rag_assets.defs.partitions import shards
+from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.runs import busy_shards, shard_run_tags, worker_tags
 from rag_assets.shard_state import ShardPlan, index_settings, latest_metadata, plan_sync
 
@@ -52,7 +52,7 @@ def run_sync(
     source = resources["source"].open()
     plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
     known = set(instance.get_dynamic_partitions(shards.name))
-    instance.add_dynamic_partitions(shards.name, [p.shard for p in plans if p.status == "new" and p.shard not in known])
+    add_shards(instance, [p.shard for p in plans if p.status == "new" and p.shard not in known])
     busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
     unchanged = {p.shard for p in plans if p.status == "unchanged"}
     last = {asset.key: latest_metadata(instance, asset.key, unchanged) for asset in (raw_documents, chunks)} if unchanged else {}

@@ -14,6 +14,7 @@ from datetime import datetime
 from collections import Counter, OrderedDict
 import logging
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
 from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.fileformat import FileFormatFactory
@@ -593,21 +600,34 @@ class PartitionWriter:
             **statistics.to_serialized_dict(),
         )
 
+    COMMIT_ATTEMPTS = 5  # against another writer of the same partition (two syncs of one shard at once)
+
     def commit(self) -> WriteResult:
+        """Make the partition hold exactly the written rows. The delete is staged even on an empty
+        partition: its predicate makes pyiceberg's validation refuse the commit when another writer added
+        rows to this partition meanwhile (else both would append: duplicates). Refused, the partition is
+        compared again and the commit redone against it, so the last writer wins and nothing doubles."""
         data_file = self._data_file()
-        table = self.table.refresh()
-        current = self.lake.partition_digest(self.spec, self.shard, table)
-        if current == self.digest:
-            self.abort()
-            snapshot = table.current_snapshot()
-            return WriteResult(self.lake.identifier(self.spec), self.rows, False, snapshot.snapshot_id if snapshot else None)
         props = {"rag.shard": self.shard}
-        with _Transaction(table) as tx:
-            if current.rows:
-                tx.delete(EqualTo("shard", self.shard), snapshot_properties=props)
-            if data_file is not None:
-                with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
-                    append.append_data_file(data_file)
+        for attempt in range(self.COMMIT_ATTEMPTS):
+            table = self.table.refresh()
+            if self.lake.partition_digest(self.spec, self.shard, table) == self.digest:
+                self.abort()
+                snapshot = table.current_snapshot()
+                return WriteResult(self.lake.identifier(self.spec), self.rows, False, snapshot.snapshot_id if snapshot else None)
+            try:
+                with _Transaction(table) as tx, warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")  # an empty partition
+                    tx.delete(EqualTo("shard", self.shard), snapshot_properties=props)
+                    if data_file is not None:
+                        with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
+                            append.append_data_file(data_file)
+            except ValidationException:
+                if attempt == self.COMMIT_ATTEMPTS - 1:
+                    raise
+                log.info("%s partition %r changed by another writer; comparing again", self.spec.name, self.shard)
+                continue
+            break
         self._output = None  # committed: the file now belongs to the table
         snapshot = table.current_snapshot()
         return WriteResult(self.lake.identifier(self.spec), self.rows, True, snapshot.snapshot_id if snapshot else None)

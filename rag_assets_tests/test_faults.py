@@ -1,0 +1,72 @@
+"""Faults of timing: two syncs started at the same moment on a fresh home, two writers of one empty
+partition. Nothing fails for it, and no row is lost or doubled."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from rag_assets.tables import ALL_TABLES, EMBEDDINGS, Lakehouse, _catalog
+from rag_assets_tests.conftest import make_env
+from rag_assets_tests.test_incremental import article, write_docs
+from rag_assets_tests.test_tables import vector_rows
+
+
+def rag_assets(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).with_name("rag-assets")), *args], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_two_syncs_started_together_on_a_fresh_home_agree(tmp_path, monkeypatch, round_):
+    env = make_env(tmp_path, monkeypatch)
+    for shard, topics in (("north", ["glaciers", "orchards"]), ("south", ["railways"]), ("west", ["beekeeping"])):
+        write_docs(env.source, shard, {f"{t}.md": article(t, 0) for t in topics})
+    first, second = rag_assets("sync", "--json"), rag_assets("sync", "--json")  # no instance, no tables yet
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in (first, second)]
+    for out, err, code in results:
+        assert code == 0, err[-3000:]
+    reports = [json.loads(out) for out, _, _ in results]
+    statuses = sorted(tuple(sorted({r["status"] for r in rep["shards"].values()})) for rep in reports)
+    assert statuses == [("new",), ("unchanged",)]  # one synced, the other waited for it and found nothing to do
+    lake = env.resources()["iceberg"].lakehouse()
+    for spec in ALL_TABLES:
+        rows = lake.table(spec).scan().to_arrow().select(["shard", *spec.key]).to_pylist()
+        keys = [tuple(r.values()) for r in rows]
+        assert len(keys) == len(set(keys)), f"{spec.name} holds duplicate rows"
+    status = subprocess.run([str(Path(sys.executable).with_name("rag-assets")), "status", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr[-3000:]  # the instance is healthy afterwards
+    assert all(row["in_sync"] for row in json.loads(status.stdout)["shards"].values())
+
+
+def test_two_writers_of_one_empty_partition_leave_exactly_one_copy(tmp_path):
+    props = {"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": f"file://{tmp_path}/wh"}
+    Lakehouse("race", props, "rag").replace_partition(EMBEDDINGS, "other", vector_rows("other", 0, 2))  # the table exists
+    lakes = []
+    for _ in range(2):  # two processes: their own catalog clients
+        _catalog.cache_clear()
+        lakes.append(Lakehouse("race", props, "rag"))
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def write(lake: Lakehouse, seed: int) -> None:
+        try:
+            with lake.writer(EMBEDDINGS, "s") as out:
+                out.add(vector_rows("s", 0, 5, seed=seed))
+                barrier.wait()  # both have read the empty partition; both commit now
+                results.append(out.commit())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(lake, seed)) for seed, lake in enumerate(lakes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert lakes[0].row_counts(EMBEDDINGS) == {"other": 2, "s": 5}  # one writer's rows, not both
+    assert len(lakes[0].read_partition(EMBEDDINGS, "s")["chunk_id"].unique()) == 5
