@@ -36,7 +36,19 @@ def _instance(settings: Settings):
         return dg.DagsterInstance.get()
 
 
-@click.group()
+class _Group(click.Group):
+    """Expected operational errors (a full disk) become one clear line and exit code 1, not a traceback."""
+
+    def invoke(self, ctx):
+        from rag_assets.index import DiskFull
+
+        try:
+            return super().invoke(ctx)
+        except DiskFull as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
 def main() -> None:
     """Keep a vector index of a sharded document collection in sync (see README.md)."""
 

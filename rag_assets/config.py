@@ -119,6 +119,7 @@ class Settings:
     orphan_age_hours: int  # unreferenced files younger than this are never deleted (a commit may still add them)
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
+    min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -155,4 +156,5 @@ class Settings:
             orphan_age_hours=_env_int("RAG_ORPHAN_AGE_HOURS", 72, minimum=1),
             run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
             max_document_mb=_env_int("RAG_MAX_DOCUMENT_MB", 64, minimum=1),
+            min_free_mb=_env_int("RAG_MIN_FREE_MB", 256, minimum=0),
         )

@@ -13,6 +13,7 @@ lets a shard's points be listed, diffed, deleted, and checked against one model.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import functools
 import json
 import logging
@@ -108,12 +109,43 @@ class IndexSession:
 # Embedded engine
 
 
+class DiskFull(OSError):
+    """Too little free space for the embedded engine: raised before it is opened, instead of the SIGBUS
+    ("Bus error", no message) that a write into its memory-mapped files gets on a full disk."""
+
+
+# The engine's files are sparse and memory-mapped (a new collection: ~152 MB apparent, ~0.5 MB on disk;
+# measured): filling their holes must not fail, and new points need room beyond that.
+NEW_COLLECTION_BYTES = 160 * 1024 * 1024
+
+
+def _allocation(path: Path) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) of the files under `path`."""
+    apparent = allocated = 0
+    for file in (p for p in path.rglob("*") if p.is_file()):
+        st = file.stat()
+        apparent, allocated = apparent + st.st_size, allocated + st.st_blocks * 512
+    return apparent, allocated
+
+
+def check_free_space(path: Path, headroom_mb: int) -> None:
+    """Raise DiskFull unless the file system of `path` can back the engine's sparse files plus `headroom_mb`."""
+    apparent, allocated = _allocation(path) if path.exists() else (NEW_COLLECTION_BYTES, 0)
+    need = max(apparent - allocated, 0) + headroom_mb * 1024 * 1024
+    existing = next(p for p in (path, *path.parents) if p.exists())  # a fresh home has no folder yet
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise DiskFull(f"disk full: need ~{need // 2**20} MB free under {path.parent} for the embedded Qdrant engine, "
+                       f"{free // 2**20} MB free (RAG_MIN_FREE_MB={headroom_mb} of headroom for new points)")
+
+
 class EdgeIndex(VectorIndex):
-    def __init__(self, root: Path, collection: str, batch_size: int = 512, lock_timeout: float = 600.0):
+    def __init__(self, root: Path, collection: str, batch_size: int = 512, lock_timeout: float = 600.0, min_free_mb: int = 256):
         self.collection = collection
         self.path = Path(root) / collection
         self.batch_size = batch_size
         self.lock_timeout = lock_timeout
+        self.min_free_mb = min_free_mb
 
     @contextlib.contextmanager
     def session(self) -> Iterator[EdgeSession]:
@@ -121,6 +153,7 @@ class EdgeIndex(VectorIndex):
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock", timeout=self.lock_timeout):
+            check_free_space(self.path, self.min_free_mb)
             session = EdgeSession(self)
             try:
                 yield session

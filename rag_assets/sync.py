@@ -49,6 +49,7 @@ def run_sync(
     resources: Mapping[str, object],
     progress: Callable[[ShardPlan], None] = lambda plan: None,  # called as each shard finishes
 ) -> SyncReport:
+    resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
     source = resources["source"].open()
     plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
     known = set(instance.get_dynamic_partitions(shards.name))

@@ -70,3 +70,27 @@ def test_two_writers_of_one_empty_partition_leave_exactly_one_copy(tmp_path):
     assert not errors, errors
     assert lakes[0].row_counts(EMBEDDINGS) == {"other": 2, "s": 5}  # one writer's rows, not both
     assert len(lakes[0].read_partition(EMBEDDINGS, "s")["chunk_id"].unique()) == 5
+
+
+def test_too_little_disk_space_fails_clearly_and_the_next_sync_recovers(tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from rag_assets.cli import main
+
+    env = make_env(tmp_path, monkeypatch)
+    write_docs(env.source, "north", {"glaciers.md": article("glaciers", 0)})
+    assert CliRunner().invoke(main, ["sync", "--json"]).exit_code == 0
+    write_docs(env.source, "north", {"glaciers.md": article("glaciers", 1)})
+    # The real check against the real file system: demand more headroom than the disk has free.
+    monkeypatch.setenv("RAG_MIN_FREE_MB", str(shutil.disk_usage(tmp_path).free // 2**20 + 1024))
+    for command in (["sync", "--json"], ["status"], ["search", "glaciers"]):
+        out = CliRunner().invoke(main, command)
+        assert out.exit_code == 1 and "disk full: need ~" in out.output and "Traceback" not in out.output, (command, out.output)
+    monkeypatch.delenv("RAG_MIN_FREE_MB")  # space is back
+    out = CliRunner().invoke(main, ["sync", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["shards"]["north"]["status"] == "changed"
+    status = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)["shards"]
+    assert status["north"]["in_sync"]

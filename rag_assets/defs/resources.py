@@ -17,7 +17,7 @@ import dagster as dg
 from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.config import Settings
 from rag_assets.embedding import Embedder, ModelInfo, resolve_model
-from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex
+from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex, check_free_space
 from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
 from rag_assets.source import Source, open_source
@@ -102,6 +102,12 @@ class QdrantResource(dg.ConfigurableResource):
     timeout: int = 60
     retries: int = 5
     retry_max_wait: int = 30
+    min_free_mb: int = 256  # embedded engine: free space required beyond its sparse files (RAG_MIN_FREE_MB)
+
+    def check_space(self) -> None:
+        """Raise index.DiskFull when the embedded engine could not write (a server's disk is its own)."""
+        if not self.url:
+            check_free_space(Path(self.path) / self.collection, self.min_free_mb)
 
     def index(self) -> VectorIndex:
         if self.url:
@@ -110,7 +116,7 @@ class QdrantResource(dg.ConfigurableResource):
                 batch_size=self.batch_size, parallel=self.parallel, timeout=self.timeout,
                 retries=self.retries, max_retry_wait=self.retry_max_wait,
             )
-        return EdgeIndex(Path(self.path), self.collection, self.batch_size)
+        return EdgeIndex(Path(self.path), self.collection, self.batch_size, min_free_mb=self.min_free_mb)
 
 
 class RetentionResource(dg.ConfigurableResource):
@@ -156,6 +162,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             timeout=settings.qdrant_timeout,
             retries=settings.qdrant_retries,
             retry_max_wait=settings.qdrant_retry_max_wait,
+            min_free_mb=settings.min_free_mb,
         ),
         "retention": RetentionResource(
             snapshot_retention_hours=settings.snapshot_retention_hours,
