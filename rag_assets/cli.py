@@ -37,14 +37,15 @@ def _instance(settings: Settings):
 
 
 class _Group(click.Group):
-    """Expected operational errors (a full disk) become one clear line and exit code 1, not a traceback."""
+    """Expected operational errors (a full disk, a damaged table) become one clear line and exit 1, not a traceback."""
 
     def invoke(self, ctx):
         from rag_assets.index import DiskFull
+        from rag_assets.tables import CorruptTable
 
         try:
             return super().invoke(ctx)
-        except DiskFull as exc:
+        except (DiskFull, CorruptTable) as exc:
             raise click.ClickException(str(exc)) from exc
 
 
@@ -242,6 +243,28 @@ def maintain(as_json: bool) -> None:
     for name, row in report["tables"].items():
         click.echo(f"{name:<16}" + "".join(f"{row.get(c, ''):>18}" for c in cols))
     click.echo(f"runs: {report['runs']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def repair(as_json: bool) -> None:
+    """Restore damaged tables (an unreadable metadata.json, a missing data file) and re-sync the shards they cost."""
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.repair import repair as run_repair
+
+    settings = Settings.from_env()
+    with _home_lock(settings, "sync"):  # no sync of this home writes while tables are repaired
+        data = run_repair(_instance(settings), build_resources(settings)).as_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for table, moved in data["restored"].items():
+            click.echo(f"{table}: metadata restored from {moved['to']} (unreadable: {moved['from']})")
+        for table, files in data["missing_files"].items():
+            click.echo(f"{table}: {len(files)} missing data files dropped")
+        click.echo(f"re-synced shards: {', '.join(data['resynced_shards']) or 'none'}")
+        _print_sync(data["sync"])
+    sys.exit(1 if data["sync"]["totals"]["failed"] else 0)
 
 
 @main.command()

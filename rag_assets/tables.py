@@ -34,6 +34,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
+from pyiceberg.exceptions import ValidationError as IcebergValidationError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
 from pyiceberg.expressions.visitors import bind, extract_field_ids
 from pyiceberg.io.fileformat import FileFormatFactory
@@ -306,7 +307,12 @@ class Lakehouse:
         wanted = list(schema.names) + sorted(filter_columns - set(schema.names))
         field_ids = {name: current.find_field(name).field_id for name in wanted}
         for task in tasks:
-            with table.io.new_input(task.file.file_path).open() as stream:
+            try:
+                stream = table.io.new_input(task.file.file_path).open()
+            except FileNotFoundError as exc:
+                raise CorruptTable(f"table {self.identifier(spec)}: data file {task.file.file_path} is missing; "
+                                   "run `rag-assets repair`") from exc
+            with stream:
                 parquet = pq.ParquetFile(stream)
                 in_file = {int(f.metadata[b"PARQUET:field_id"]): f.name
                            for f in parquet.schema_arrow if f.metadata and b"PARQUET:field_id" in f.metadata}
@@ -417,6 +423,10 @@ class RowDigest:
         return isinstance(other, RowDigest) and (self.rows, self.sums) == (other.rows, other.sums)
 
 
+class CorruptTable(RuntimeError):
+    """A table that cannot be read: the message names the table and the file, and says what to run."""
+
+
 class CachingSqlCatalog(SqlCatalog):
     """pyiceberg's SQL catalog, minus the two parts of every load and commit that grew with history.
 
@@ -447,7 +457,13 @@ class CachingSqlCatalog(SqlCatalog):
         with self._parsed_lock:
             metadata = self._parsed.get(location) if location else None
         if metadata is None:
-            table = super()._convert_orm_to_iceberg(orm_table)
+            try:
+                table = super()._convert_orm_to_iceberg(orm_table)
+            except (OSError, ValueError, IcebergValidationError) as exc:  # deleted, truncated, not metadata
+                raise CorruptTable(
+                    f"table {orm_table.table_namespace}.{orm_table.table_name}: its current metadata file {location} "
+                    f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); run `rag-assets repair`"
+                ) from exc
             self._remember(table.metadata_location, table.metadata)
             return table
         return Table(

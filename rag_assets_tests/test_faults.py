@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_assets.tables import ALL_TABLES, EMBEDDINGS, Lakehouse, _catalog
+from rag_assets.tables import ALL_TABLES, EMBEDDINGS, CorruptTable, Lakehouse, _catalog
 from rag_assets_tests.conftest import make_env
 from rag_assets_tests.test_incremental import article, write_docs
 from rag_assets_tests.test_tables import vector_rows
@@ -94,3 +94,47 @@ def test_too_little_disk_space_fails_clearly_and_the_next_sync_recovers(tmp_path
     assert json.loads(out.output)["shards"]["north"]["status"] == "changed"
     status = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)["shards"]
     assert status["north"]["in_sync"]
+
+
+def test_a_truncated_metadata_file_and_a_deleted_data_file_are_named_then_repaired(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from rag_assets.cli import main
+    from rag_assets.tables import CHUNKS
+
+    env = make_env(tmp_path, monkeypatch)
+    write_docs(env.source, "north", {f"{t}.md": article(t, 0) for t in ("glaciers", "orchards")})
+    write_docs(env.source, "south", {"railways.md": article("railways", 0)})
+    assert CliRunner().invoke(main, ["sync", "--json"]).exit_code == 0
+    lake = env.resources()["iceberg"].lakehouse()
+    want = {spec.name: lake.row_counts(spec) for spec in ALL_TABLES}
+
+    # 1. The current metadata.json of `chunks` cut short (a crash of the disk, not of a commit).
+    location = lake.table(CHUNKS).metadata_location.removeprefix("file://")
+    Path(location).write_bytes(Path(location).read_bytes()[:100])
+    _catalog.cache_clear()  # as a new process would: no metadata parsed before the damage
+    out = CliRunner().invoke(main, ["status"])
+    assert out.exit_code == 1 and "table rag.chunks" in out.output and location in out.output, out.output
+    assert "rag-assets repair" in out.output and "Traceback" not in out.output
+    out = CliRunner().invoke(main, ["repair", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert set(report["restored"]) == {"chunks"} and report["restored"]["chunks"]["from"].endswith(location)
+    assert report["resynced_shards"] and set(report["resynced_shards"]) <= {"north", "south"}
+    assert report["sync"]["totals"]["failed"] == 0 and report["sync"]["totals"]["embedded"] == 0  # vectors reused
+    assert {spec.name: lake.row_counts(spec) for spec in ALL_TABLES} == want
+
+    # 2. A data file of north's embeddings deleted.
+    (lost,) = [t.file.file_path for t in lake.table(EMBEDDINGS).scan().plan_files() if t.file.partition[0] == "north"]
+    os.remove(lost.removeprefix("file://"))
+    with pytest.raises(CorruptTable, match=f"table rag.embeddings: data file {lost} is missing; run `rag-assets repair`"):
+        lake.read_partition(EMBEDDINGS, "north")
+    out = CliRunner().invoke(main, ["repair", "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["missing_files"] == {"embeddings": [lost]} and report["resynced_shards"] == ["north"]
+    assert report["sync"]["shards"]["north"]["embedded"] == 0  # from the vector store, not the model
+    assert {spec.name: lake.row_counts(spec) for spec in ALL_TABLES} == want
+    status = json.loads(CliRunner().invoke(main, ["status", "--json", "--deep"]).output)["shards"]
+    assert all(row["in_sync"] for row in status.values())
+    assert json.loads(CliRunner().invoke(main, ["repair", "--json"]).output)["resynced_shards"] == []  # nothing left
