@@ -172,6 +172,11 @@ def test_the_error_of_a_failed_shard_is_its_real_cause(tmp_path, monkeypatch):
     report = run_sync(env.instance(), env.resources()).as_json()
     assert report["shards"]["ok"]["status"] == "new" and report["shards"]["broken"]["status"] == "failed"
     assert report["shards"]["broken"]["error"] == "PermissionError: [Errno 13] Permission denied: 'broken/a.md'"
+    # The Dagster step failure (what the UI shows first) leads with the same cause.
+    run = env.instance().get_runs(dg.RunsFilter(tags={"dagster/partition": "broken"}))[0]
+    (failure,) = [e for e in env.instance().all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
+    message = failure.dagster_event.step_failure_data.error.message
+    assert message.startswith("dagster._core.definitions.events.Failure: PermissionError: [Errno 13] Permission denied"), message
 
 
 def test_search_arguments_are_checked(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ partition in one commit, and report what was done. Timestamps of unchanged rows 
 re-running a partition reproduces the same rows (and commits nothing).
 """
 
+import functools
 import os
 import time
 
@@ -27,8 +28,29 @@ GROUP = "rag"
 
 
 def shard_asset(**kwargs):
-    """@asset partitioned by source shard, in the project's group."""
-    return dg.asset(partitions_def=shards, group_name=GROUP, **kwargs)
+    """@asset partitioned by source shard, in the project's group, whose step failure says what went wrong:
+    an exception from the body becomes a `dg.Failure` described by its innermost cause ("PermissionError:
+    ..."), so the UI leads with it rather than Dagster's "Error occurred while executing op"."""
+
+    def decorate(body):
+        @functools.wraps(body)  # (Dagster reads the body's parameters through __wrapped__)
+        def asset_body(*args, **kw):
+            try:
+                return body(*args, **kw)
+            except (dg.Failure, dg.RetryRequested):
+                raise
+            except Exception as exc:
+                raise dg.Failure(description=innermost_cause(exc)) from exc
+
+        return dg.asset(partitions_def=shards, group_name=GROUP, **kwargs)(asset_body)
+
+    return decorate
+
+
+def innermost_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 @shard_asset(
