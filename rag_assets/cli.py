@@ -158,6 +158,8 @@ def status(as_json: bool, deep: bool) -> None:
     click.echo(f"{'shard':<24}{'documents':>10}{'chunks':>10}{'points':>10}  {'in_sync':<8} last_sync")
     for shard, row in sorted(data["shards"].items()):
         click.echo(f"{shard:<24}{row['documents']:>10}{row['chunks']:>10}{row['points']:>10}  {str(row['in_sync']):<8} {row['last_sync']}")
+    for name, why in data["skipped_shards"].items():
+        click.echo(f"not a shard: {name!r}: {why}", err=True)
 
 
 def _status(settings: Settings, deep: bool = False) -> dict:
@@ -195,7 +197,12 @@ def _status(settings: Settings, deep: bool = False) -> dict:
                 "last_sync": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat() if stamp else None,
                 "in_sync": bool(stamp) and agree,
             }
-    return {"shards": out}
+    source = res["source"].open()
+    try:
+        source.shard_names()  # the top level only: what is not a shard, and why
+    except (FileNotFoundError, OSError):
+        pass  # the source is unreachable: status still reports the tables and the index
+    return {"shards": out, "skipped_shards": dict(source.skipped)}
 
 
 def _run_job(job_name: str, node: str, what: str) -> dict:

@@ -70,6 +70,7 @@ class Source:
     def list_shards(self) -> dict[str, ShardListing]: ...  # pragma: no cover
     def list_shard(self, shard: str) -> ShardListing: ...  # pragma: no cover
     def has_shard(self, shard: str) -> bool: ...  # pragma: no cover
+    def shard_names(self) -> list[str]: ...  # pragma: no cover - fills `skipped`
     def read_bytes(self, file: SourceFile) -> bytes: ...  # pragma: no cover - raises OSError when unreadable
 
     def read_many(self, files: Iterable[SourceFile]) -> Iterator[tuple[SourceFile, bytes | OSError]]:
@@ -115,11 +116,11 @@ class LocalSource(Source):
     def uri(self, path: str) -> str:
         return (self.root / path).as_uri()
 
-    def list_shards(self) -> dict[str, ShardListing]:
+    def shard_names(self) -> list[str]:
+        """The top-level folders that are shards (one scandir, no file listed); the rest go to `skipped`."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"RAG_SOURCE {self.root} is not a folder")
-        shards: dict[str, ShardListing] = {}
-        self.skipped = {}
+        names, self.skipped = [], {}
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             if entry.is_symlink() and entry.is_dir():
                 self.skipped[printable(entry.name)] = "a symlink to a folder (shards are real folders; links are not followed)"
@@ -130,8 +131,11 @@ class LocalSource(Source):
             elif (bad := bad_shard_name(entry.name)) is not None:
                 self.skipped[printable(entry.name)] = bad
             else:
-                shards[entry.name] = self.list_shard(entry.name)
-        return shards
+                names.append(entry.name)
+        return names
+
+    def list_shards(self) -> dict[str, ShardListing]:
+        return {name: self.list_shard(name) for name in self.shard_names()}
 
     def list_shard(self, shard: str) -> ShardListing:
         """Metadata of every file of the shard (os.scandir: one stat per file, no reads)."""
@@ -286,6 +290,20 @@ class S3Source(Source):
 
     def list_shard(self, shard: str) -> ShardListing:
         return ShardListing(shard, [f for _, f in self._objects(f"{self.prefix}{shard}/")])
+
+    def shard_names(self) -> list[str]:
+        """First-level prefixes that are shards, from a delimiter listing (no object listed); the rest go to `skipped`."""
+        names, self.skipped = [], {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                name = common["Prefix"][len(self.prefix):].rstrip("/")
+                if name.startswith("."):
+                    self.skipped[printable(name)] = "hidden (its name starts with '.')"
+                elif (bad := bad_shard_name(name)) is not None:
+                    self.skipped[printable(name)] = bad
+                else:
+                    names.append(name)
+        return sorted(names)
 
     def has_shard(self, shard: str) -> bool:
         return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{shard}/", MaxKeys=1).get("KeyCount"))

@@ -150,6 +150,8 @@ def test_hostile_files_are_quarantined_and_never_stop_or_repeat_a_sync(tmp_path,
     assert max(len(c["text"]) for c in word) <= env.resources()["model"].chunker().max_chunk_chars
     assert sum(len(c["text"]) for c in word) >= 200_000  # cut, not dropped
 
+    status = json.loads(CliRunner().invoke(main, ["status", "--json"]).stdout)
+    assert status["skipped_shards"] == report["skipped_shards"] and set(status["shards"]) == {"junk", "good"}
     again = run_sync(env.instance(), env.resources()).as_json()  # nothing fails again, nothing re-runs
     assert {s: r["status"] for s, r in again["shards"].items()} == {"junk": "unchanged", "good": "unchanged"}
 

@@ -21,7 +21,7 @@ def rag_assets(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("round_", range(2))
+@pytest.mark.parametrize("round_", range(3))
 def test_two_syncs_started_together_on_a_fresh_home_agree(tmp_path, monkeypatch, round_):
     env = make_env(tmp_path, monkeypatch)
     for shard, topics in (("north", ["glaciers", "orchards"]), ("south", ["railways"]), ("west", ["beekeeping"])):

@@ -45,10 +45,15 @@ def test_listing_uses_etags_and_only_a_rewritten_object_changes_its_shard(s3, tm
     for i in range(1100):
         s3.put_object(Bucket="docs", Key=f"corpus/many/f{i:04d}.txt", Body=f"note {i}".encode())
 
+    s3.put_object(Bucket="docs", Key="corpus/.staging/x.md", Body=b"# a hidden top-level prefix")
+    s3.put_object(Bucket="docs", Key=f"corpus/{'n' * 250}/x.md", Body=b"# a prefix too long for a partition folder")
+
     source = open_source("s3://docs/corpus/")
     assert isinstance(source, S3Source)
     shards = source.list_shards()
     assert set(shards) == {"alpha", "beta", "gamma", "many"}
+    assert set(source.skipped) == {".staging", "n" * 250}  # reported, not skipped in silence
+    assert source.shard_names() == sorted(shards) and set(source.skipped) == {".staging", "n" * 250}  # (the delimiter listing)
     assert [f.path for f in shards["alpha"].files] == ["alpha/bread.txt", "alpha/page.html", "alpha/volcano.md"]
     assert len(shards["many"].files) == 1100
     body = (tmp_path / "corpus/alpha/bread.txt").read_bytes()

@@ -33,6 +33,16 @@ def test_json_nested_too_deep_is_a_rejection_and_the_other_lines_land():
     assert whole.reason == "malformed_json"
 
 
+def test_a_metadata_field_too_deep_to_store_is_a_rejection():
+    from rag_assets.parsing import RecordFields, _record
+
+    nested: list = []
+    for _ in range(100_000):  # built in Python: a reader with a higher limit could hand it over
+        nested = [nested]
+    item = _record("s/r.parquet", 1, {"_id": "r", "text": "fine", "extra": nested}, RecordFields(), set())
+    assert (item.record, item.reason) == ("L1", "malformed_json") and "recursion limit" in item.detail
+
+
 def test_a_parquet_value_larger_than_the_limit_is_refused_from_the_footer():
     buffer = io.BytesIO()
     pq.write_table(pa.table({"_id": ["v"], "text": ["b" * 2_000_000]}), buffer, compression="zstd")
