@@ -289,7 +289,7 @@ def demo(query: str) -> None:
     _print_sync(data)
     click.echo(f"\nsearch: {query}")
     for i, h in enumerate(_search(settings, query, 3, None), 1):
-        click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}\n   {h['text'][:200]!r}")
+        click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}\n   " + " ".join(h["text"][:200].split()))
     click.echo("\nNext: `make dev` opens the Dagster UI on http://127.0.0.1:3000")
     sys.exit(1 if data["totals"]["failed"] else 0)
 
