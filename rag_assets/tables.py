@@ -140,6 +140,37 @@ QUARANTINE = TableSpec(
     ("source_uri", "record", "reason"),
 )
 ALL_TABLES = (RAW_DOCUMENTS, CHUNKS, EMBEDDINGS, VECTOR_INDEX, QUARANTINE)  # the shard-partitioned tables
+
+# What each column holds: the column descriptions of every materialization's schema in the UI.
+COLUMN_DOCS = {
+    "shard": "source shard (top-level folder or prefix); the partition",
+    "doc_id": "stable document id: source path relative to the root, plus #record id for JSON/JSONL/Parquet records",
+    "title": "document title (first heading, HTML <title>, record title, or the file name)",
+    "text": "normalized text (NFC, LF line ends, no trailing spaces)",
+    "metadata": "JSON object of the record's other fields",
+    "content_hash": "sha256 of title and normalized text: a document is re-chunked only when it changes",
+    "source_uri": "file:// or s3:// URI of the source file",
+    "source_size": "bytes of the source file when listed",
+    "source_version": "mtime in ns (local) or ETag (S3) when listed: a file is re-read only when size or version change",
+    "ingested_at": "when this content was first read (kept while the content is unchanged)",
+    "chunk_id": "stable chunk id: sha256 of doc_id and chunk_index",
+    "chunk_index": "position of the chunk in its document",
+    "token_count": "tokens of the chunk by the model's own tokenizer",
+    "char_start": "offset of the chunk's first character in the document text",
+    "char_end": "offset after the chunk's last character in the document text",
+    "chunk_hash": "sha256 of chunker settings and chunk text: the key of vector reuse (with model)",
+    "doc_hash": "content_hash of the document the chunk came from",
+    "model": "embedding model id and revision (with the weights' digest)",
+    "dim": "vector dimension",
+    "vector": "float32 embedding",
+    "embedded_at": "when the model computed this vector",
+    "point_id": "Qdrant point id: a UUID derived from chunk_id",
+    "collection": "Qdrant collection the point lives in",
+    "synced_at": "when the point was last written to the collection",
+    "record": "record id or line (L<n>) in the file; empty for the whole file",
+    "reason": "why the input was rejected: a short, stable category (README: What happens to bad input)",
+    "detail": "the specific problem",
+}
 # The (model, chunk_hash) -> vector store that reuse reads (rag_assets/vector_store.py): partitioned by
 # model, each file sorted by hash in small row groups, so a lookup reads only what can hold the hashes.
 VECTOR_STORE = TableSpec(

@@ -150,6 +150,12 @@ def test_hostile_files_are_quarantined_and_never_stop_or_repeat_a_sync(tmp_path,
     assert max(len(c["text"]) for c in word) <= env.resources()["model"].chunker().max_chunk_chars
     assert sum(len(c["text"]) for c in word) >= 200_000  # cut, not dropped
 
+    # The quarantine is visible per shard in the UI: a sample of its rows, and every column described.
+    meta = env.instance().fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_documents"), asset_partitions=["junk"]), limit=1
+    ).records[0].asset_materialization.metadata
+    assert "| source | record | reason | detail |" in meta["quarantine_sample"].value and "special_file" in meta["quarantine_sample"].value
+    assert all(c.description for c in meta["dagster/column_schema"].schema.columns)
     status = json.loads(CliRunner().invoke(main, ["status", "--json"]).stdout)
     assert status["skipped_shards"] == report["skipped_shards"] and set(status["shards"]) == {"junk", "good"}
     again = run_sync(env.instance(), env.resources()).as_json()  # nothing fails again, nothing re-runs

@@ -19,6 +19,7 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     assert loaded.resolve_job_def("shard_sync_job") and loaded.resolve_job_def("remove_shard_job")
     spec = repo.assets_defs_by_key[dg.AssetKey("embeddings")]
     assert spec.op.tags.get("rag/gpu") == "true"
+    assert all(repo.asset_graph.get(dg.AssetKey(key)).owners == ["team:rag"] for key in keys)  # shown in the catalog
 
 
 def test_sensor_requests_runs_for_new_shards_only_once(rag_env):

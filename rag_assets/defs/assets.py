@@ -25,6 +25,7 @@ from rag_assets.tables import CHUNKS, EMBEDDINGS, QUARANTINE, RAW_DOCUMENTS, VEC
 from rag_assets.vector_store import VectorStore
 
 GROUP = "rag"
+OWNERS = ["team:rag"]  # shown in the UI's catalog; the team that answers for the index
 
 
 def shard_asset(**kwargs):
@@ -42,7 +43,7 @@ def shard_asset(**kwargs):
             except Exception as exc:
                 raise dg.Failure(description=innermost_cause(exc)) from exc
 
-        return dg.asset(partitions_def=shards, group_name=GROUP, **kwargs)(asset_body)
+        return dg.asset(partitions_def=shards, group_name=GROUP, owners=OWNERS, **kwargs)(asset_body)
 
     return decorate
 
@@ -87,6 +88,7 @@ def raw_documents(context: dg.AssetExecutionContext, source: SourceResource, ice
             **documents.document_counts(docs, previous.documents),
             quarantined=len(plan.quarantine.rows),
             quarantine_reasons=dg.MetadataValue.json(plan.quarantine.reasons()),
+            quarantine_sample=dg.MetadataValue.md(plan.quarantine.sample_markdown()),
             source_files=len(listing.files),
             source_files_read=len(plan.to_read),
             source_bytes=listing.total_bytes,

@@ -39,6 +39,20 @@ class Quarantine:
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, QUARANTINE.arrow_schema)
 
+    SAMPLE = 10  # rows shown in the materialization
+
+    def sample_markdown(self) -> str:
+        """The first rejected inputs as a Markdown table, and where the rest are (the UI shows it per shard)."""
+        if not self.rows:
+            return "nothing quarantined"
+        cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")[:200]  # noqa: E731
+        lines = ["| source | record | reason | detail |", "| --- | --- | --- | --- |"]
+        lines += [f"| {cell(r['source_uri'])} | {cell(r['record'])} | {cell(r['reason'])} | {cell(r['detail'])} |"
+                  for r in self.rows[:self.SAMPLE]]
+        more = len(self.rows) - self.SAMPLE
+        where = f"Iceberg table `quarantine`, partition shard = {self.shard!r}"
+        return "\n".join(lines) + (f"\n\n{more} more in the " if more > 0 else "\n\nAll rows are in the ") + where + "."
+
 
 @dataclass(frozen=True)
 class PreviousDocuments:

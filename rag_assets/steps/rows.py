@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
-from rag_assets.tables import PartitionWriter, TableSpec, WriteResult
+from rag_assets.tables import COLUMN_DOCS, PartitionWriter, TableSpec, WriteResult
 
 
 def now() -> dt.datetime:
@@ -66,7 +66,7 @@ def table_metadata(spec: TableSpec, result: WriteResult, started: float, **count
         "dagster/row_count": result.rows,
         "dagster/table_name": result.table,
         "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(f.name, str(f.field_type), description=None) for f in spec.schema.fields]
+            columns=[dg.TableColumn(f.name, str(f.field_type), description=COLUMN_DOCS.get(f.name)) for f in spec.schema.fields]
         ),
         "iceberg/snapshot_id": dg.MetadataValue.text(str(result.snapshot_id)),
         "iceberg/committed": result.committed,
