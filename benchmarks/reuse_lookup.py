@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def fill_store(lake, whole: bool) -> None:
     import polars as pl
+    from pyiceberg.expressions import AlwaysTrue
 
     from rag_assets.tables import EMBEDDINGS, VECTOR_STORE
     from rag_assets.vector_store import SEEDED, VectorStore
@@ -42,7 +43,7 @@ def fill_store(lake, whole: bool) -> None:
     with lake.table(VECTOR_STORE).transaction() as tx:  # filled here, not seeded on first use
         tx.set_properties({SEEDED: "true"})
     store = VectorStore(lake)
-    rows = pl.from_arrow(lake.scan(EMBEDDINGS, EqualTo_all(), ("shard", "model", "chunk_hash", "dim", "vector", "embedded_at")))
+    rows = pl.from_arrow(lake.scan(EMBEDDINGS, AlwaysTrue(), ("shard", "model", "chunk_hash", "dim", "vector", "embedded_at")))
     groups = [rows] if whole else rows.partition_by("shard", maintain_order=True)
     for group in groups:
         store.add(group["model"][0], [group.drop("shard", "model").to_arrow()])
@@ -50,12 +51,6 @@ def fill_store(lake, whole: bool) -> None:
 
 def sha(text: str) -> str:  # random-looking hashes, like the chunk hashes they stand for
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def EqualTo_all():
-    from pyiceberg.expressions import AlwaysTrue
-
-    return AlwaysTrue()
 
 
 def new_shard_texts(name: str, chunks: int) -> dict[str, str]:
@@ -68,7 +63,7 @@ def measure(others: int, chunks: int, whole: bool, steps: bool) -> dict:
     import dagster as dg
     import polars as pl
 
-    from rag_assets.defs.assets import SHARD_ASSETS, chunks as chunks_asset, embeddings, raw_documents
+    from rag_assets.defs.assets import chunks as chunks_asset, embeddings, raw_documents
     from rag_assets.defs.partitions import shards
     from rag_assets.defs.resources import build_resources
     from rag_assets.steps.vectors import read_vector_plan

@@ -189,12 +189,18 @@ class VectorStore:
 
     def seed_from_embeddings(self) -> int:
         """Fill the store from the `embeddings` table (a deployment made before the store existed): every
-        model's vectors, a file per batch, then merged. Returns the rows written."""
-        written = 0
-        for batch in self.lake.batches(EMBEDDINGS, AlwaysTrue(), ("model",) + STORE_COLUMNS):
-            for model, rows in pl.from_arrow(batch).partition_by("model", as_dict=True).items():
-                written += self.add(model[0], [rows.drop("model").to_arrow()])
-        return written
+        model's vectors, a sorted file per batch, one commit per model, then merged. Returns the rows written."""
+        appends: dict[str, StoreAppend] = {}
+        try:
+            for batch in self.lake.batches(EMBEDDINGS, AlwaysTrue(), ("model",) + STORE_COLUMNS):
+                for (model,), rows in pl.from_arrow(batch).partition_by("model", as_dict=True).items():
+                    appends.setdefault(model, self.appender(model)).add(rows.drop("model").to_arrow())
+            for append in appends.values():
+                append.commit()
+        finally:
+            for append in appends.values():
+                append.__exit__(None, None, None)  # deletes what was not committed
+        return sum(append.rows for append in appends.values())
 
     def compact(self, model: str) -> int:
         """Merge every size tier holding FANOUT or more files (smallest tier first, so a merge's output can
