@@ -28,16 +28,16 @@ def cpu_embedder():
 
 
 def test_batches_are_length_sorted_within_the_token_budget_and_cover_every_text_once(cpu_embedder):
-    sample = texts(300)
-    batches = cpu_embedder.batches(sample)
+    lengths = [len(e.ids) for e in cpu_embedder.tokenizer.encode_batch(texts(300))]
+    batches = cpu_embedder.batches(lengths)
     flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(len(sample)))
-    lengths = [len(sample[i]) for i in flat]
-    assert lengths == sorted(lengths, reverse=True)  # longest first: each batch pads to a similar length
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first: little padding
+    assert max(lengths) <= cpu_embedder.model.max_seq_length  # truncated to what the model reads
     for b in batches:
-        widest = min(cpu_embedder.model.max_seq_length, max(len(sample[i]) for i in b) // 4 + 2)
-        assert len(b) == 1 or len(b) * widest <= cpu_embedder.batch_tokens
-    assert len(batches[-1]) > len(batches[0])  # short texts go in bigger batches
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= cpu_embedder.batch_tokens
+        assert len(b) <= cpu_embedder.batch_size
+    assert max(map(len, batches)) > len(batches[0])  # short texts go in bigger batches
 
 
 def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
@@ -48,6 +48,8 @@ def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert (ours * reference).sum(axis=1).min() > 0.9999
     assert cpu_embedder.encode([]).shape == (0, 384)
+    long_text = texts(1)[0] * 20  # far past the model's 256 tokens: truncated as sentence-transformers does
+    assert float(cpu_embedder.encode([long_text])[0] @ cpu_embedder.model.encode([long_text], normalize_embeddings=True)[0]) > 0.9999
 
 
 torch = pytest.importorskip("torch")
