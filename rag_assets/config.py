@@ -108,6 +108,8 @@ class Settings:
     qdrant_retry_max_wait: int  # seconds: the longest pause between two tries
     embed_model: str
     embed_device: str
+    embed_backend: str  # torch, or onnx (ONNX Runtime on the CPU: starts in ~0.6 s instead of ~10 s)
+    model_cache: Path  # where the onnx backend keeps its exports of the model
     embed_batch_size: int
     embed_batch_tokens: int  # 0: 256k tokens per batch on CUDA, batch_size x 128 on CPU
     chunk_tokens: int
@@ -145,6 +147,8 @@ class Settings:
             qdrant_retry_max_wait=_env_int("RAG_QDRANT_RETRY_MAX_WAIT", 30),
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
+            embed_backend=_env("RAG_EMBED_BACKEND", "torch"),
+            model_cache=Path(_env("RAG_MODEL_CACHE", str(home / "models"))).expanduser(),
             embed_batch_size=_env_int("RAG_EMBED_BATCH_SIZE", 64),
             embed_batch_tokens=_env_int("RAG_EMBED_BATCH_TOKENS", 0),
             chunk_tokens=_env_int("RAG_CHUNK_TOKENS", 200),

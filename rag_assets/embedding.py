@@ -10,8 +10,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +30,12 @@ class ModelInfo:
     name: str  # e.g. sentence-transformers/all-MiniLM-L6-v2
     revision: str  # hub commit, or a digest of the weight files for a local folder
     max_seq_length: int  # tokens the model reads, special tokens included
+    backend: str = "torch"  # what runs it: torch, or onnx (ONNX Runtime on the CPU)
 
     @property
     def key(self) -> str:
-        return f"{self.name}@{self.revision}"
+        """The vectors' identity: another backend's vectors are close (cosine > 0.999) but not the same."""
+        return f"{self.name}@{self.revision}" + ("" if self.backend == "torch" else f"+{self.backend}")
 
 
 def _weights_digest(path: Path) -> str:
@@ -53,9 +57,14 @@ def _model_name(path: Path) -> str:
     return path.name
 
 
+BACKENDS = ("torch", "onnx")
+
+
 @functools.lru_cache(maxsize=8)
-def resolve_model(model: str) -> ModelInfo:
+def resolve_model(model: str, backend: str = "torch") -> ModelInfo:
     """A local folder, or a Hugging Face id resolved through the local cache (HF_HUB_OFFLINE works)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"RAG_EMBED_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(model).expanduser()
     if path.is_dir():
         path = path.resolve()
@@ -69,7 +78,7 @@ def resolve_model(model: str) -> ModelInfo:
     st_config = path / "sentence_bert_config.json"
     if st_config.exists():
         max_len = int(json.loads(st_config.read_text()).get("max_seq_length") or max_len)
-    return ModelInfo(path=path, name=name, revision=revision, max_seq_length=max_len)
+    return ModelInfo(path=path, name=name, revision=revision, max_seq_length=max_len, backend=backend)
 
 
 def load_tokenizer(info: ModelInfo):
@@ -129,15 +138,62 @@ CPU_BATCH_TOKENS = 4096
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
 
-class Embedder:
-    """Normalized float32 vectors from a sentence-transformers model, fed for throughput.
+class TextBatcher:
+    """What every backend shares: texts tokenized once, up front, by the model's own fast tokenizer (one
+    Rust call over all texts, truncated to what the model reads), sorted by their exact token count and
+    cut into batches by a padded-token budget: long texts in small batches, short ones in big batches,
+    almost no padding."""
 
-    Texts are tokenized once, up front, by the model's own fast tokenizer (one Rust call over all texts,
-    truncated to what the model reads), sorted by their exact token count and cut into batches by a padded
-    token budget: long texts in small batches, short ones in big batches, almost no padding. On CUDA a
-    background thread pads the next batch into pinned memory while the device runs the current one, results
-    stay on the device until the end (one host sync per call) and the model runs in float16. On the CPU,
-    where a second thread would only take a core from torch's own, batches are padded inline.
+    device = "cpu"
+    cuda = False
+
+    def __init__(self, info: ModelInfo, batch_size: int, input_names: tuple[str, ...]):
+        self.info = info
+        self.batch_size = batch_size  # at most this many texts per batch on the CPU
+        self.tokenizer = load_tokenizer(info)
+        self.tokenizer.enable_truncation(info.max_seq_length)  # special tokens included
+        if unknown := set(input_names) - set(TOKENIZER_FIELDS):
+            raise ValueError(f"model {info.key} wants inputs {sorted(unknown)} that a text tokenizer does not give")
+        self.input_names = input_names  # input_ids, attention_mask, ...
+        self.batch_tokens = CPU_BATCH_TOKENS
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices into `lengths` (token counts), longest first, in batches of at most `batch_tokens`
+        padded tokens (and on the CPU at most `batch_size` texts)."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        most = len(lengths) if self.cuda else self.batch_size
+        out, current, width = [], [], 0
+        for i in order:
+            width = width if current else lengths[i]  # the first (longest) text sets the batch's width
+            if current and ((len(current) + 1) * width > self.batch_tokens or len(current) == most):
+                out.append(current)
+                current, width = [], lengths[i]
+            current.append(i)
+        if current:
+            out.append(current)
+        return out
+
+    def tokenized(self, texts: list[str]) -> tuple[list, list[list[int]]]:
+        encodings = self.tokenizer.encode_batch(texts)
+        return encodings, self.batches([len(e.ids) for e in encodings])
+
+    def features(self, encodings, idx: list[int]) -> dict[str, np.ndarray]:
+        """The model's inputs for one batch: token ids, type ids and mask, right-padded to the batch's widest."""
+        width = max(len(encodings[i].ids) for i in idx)
+        arrays = {name: np.zeros((len(idx), width), dtype=np.int64) for name in self.input_names}
+        for row, i in enumerate(idx):
+            for name, array in arrays.items():
+                values = getattr(encodings[i], TOKENIZER_FIELDS[name])
+                array[row, : len(values)] = values
+        return arrays
+
+
+class Embedder(TextBatcher):
+    """Normalized float32 vectors from a sentence-transformers model run by torch, fed for throughput.
+
+    On CUDA a background thread pads the next batch into pinned memory while the device runs the current
+    one, results stay on the device until the end (one host sync per call) and the model runs in float16.
+    On the CPU, where a second thread would only take a core from torch's own, batches are padded inline.
     """
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 64, batch_tokens: int | None = None):
@@ -147,21 +203,16 @@ class Embedder:
 
         hf_logging.disable_progress_bar()  # no weight-loading bar in run logs and CLI output
 
-        self.info = resolve_model(model)
+        info = resolve_model(model)
         self.device = pick_device(device)
-        self.batch_size = batch_size  # at most this many texts per batch on the CPU
         self.cuda = self.device.startswith("cuda")
         started = time.perf_counter()
-        self.model = SentenceTransformer(str(self.info.path), device=self.device, local_files_only=True)
-        self.model.max_seq_length = self.info.max_seq_length
+        self.model = SentenceTransformer(str(info.path), device=self.device, local_files_only=True)
+        self.model.max_seq_length = info.max_seq_length
         if self.cuda:
             self.model.half()
         self.model.eval()
-        self.tokenizer = load_tokenizer(self.info)
-        self.tokenizer.enable_truncation(self.model.max_seq_length)  # special tokens included
-        self.input_names = tuple(self.model.tokenizer.model_input_names)  # input_ids, attention_mask, ...
-        if unknown := set(self.input_names) - set(TOKENIZER_FIELDS):
-            raise ValueError(f"model {self.info.key} wants inputs {sorted(unknown)} that a text tokenizer does not give")
+        super().__init__(info, batch_size, tuple(self.model.tokenizer.model_input_names))
         self.dim = int(self.model.get_embedding_dimension())
         self.dtype = torch.float16 if self.cuda else torch.float32
         # A GPU wants big batches, as big as its free memory allows; a CPU wants cache-sized ones.
@@ -180,41 +231,16 @@ class Embedder:
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
         return max(4096, min(256 * 1024, int(free * 0.5 / per_token)))
 
-    def batches(self, lengths: list[int]) -> list[list[int]]:
-        """Indices into `lengths` (token counts), longest first, in batches of at most `batch_tokens`
-        padded tokens (and on the CPU at most `batch_size` texts)."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        most = len(lengths) if self.cuda else self.batch_size
-        out, current, width = [], [], 0
-        for i in order:
-            width = width if current else lengths[i]  # the first (longest) text sets the batch's width
-            if current and ((len(current) + 1) * width > self.batch_tokens or len(current) == most):
-                out.append(current)
-                current, width = [], lengths[i]
-            current.append(i)
-        if current:
-            out.append(current)
-        return out
-
-    def _features(self, encodings, idx: list[int]) -> dict:
-        """The model's inputs for one batch: token ids, type ids and mask, right-padded to the batch's widest."""
-        import torch
-
-        width = max(len(encodings[i].ids) for i in idx)
-        arrays = {name: np.zeros((len(idx), width), dtype=np.int64) for name in self.input_names}
-        for row, i in enumerate(idx):
-            for name, array in arrays.items():
-                values = getattr(encodings[i], TOKENIZER_FIELDS[name])
-                array[row, : len(values)] = values
-        return {name: torch.from_numpy(array) for name, array in arrays.items()}
-
     def _batches_ready(self, encodings, batches: list[list[int]]):
         """Yields (row indices, features) per batch; on CUDA padded one batch ahead into pinned memory."""
         import torch
 
+        def tensors(idx: list[int]) -> dict:
+            return {k: torch.from_numpy(v) for k, v in self.features(encodings, idx).items()}
+
         if not self.cuda:
             for idx in batches:
-                yield torch.tensor(idx), self._features(encodings, idx)
+                yield torch.tensor(idx), tensors(idx)
             return
 
         import queue
@@ -225,7 +251,7 @@ class Embedder:
         def produce() -> None:
             try:
                 for idx in batches:  # pinned, so the copies to the device never wait for the device
-                    features = {k: v.pin_memory() for k, v in self._features(encodings, idx).items()}
+                    features = {k: v.pin_memory() for k, v in tensors(idx).items()}
                     ready.put((torch.tensor(idx).pin_memory(), features))
             except BaseException as exc:  # surfaced in the consumer
                 ready.put(exc)
@@ -243,8 +269,7 @@ class Embedder:
 
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(texts)
-        batches = self.batches([len(e.ids) for e in encodings])
+        encodings, batches = self.tokenized(texts)
         out = torch.empty((len(texts), self.dim), dtype=self.dtype, device=self.device)
         with torch.inference_mode():
             for rows, features in self._batches_ready(encodings, batches):
@@ -256,3 +281,111 @@ class Embedder:
         if not self.cuda:  # activations lived in host memory: hand the freed heap back, once per call
             release_freed_memory()
         return out.float().cpu().numpy()  # the one host sync
+
+
+# What the onnx backend runs: the transformer exported to ONNX, then mean or CLS pooling and
+# normalization in numpy. Models with other modules (a Dense layer, ...) run on torch only.
+ONNX_MODULES = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                "sentence_transformers.models.Normalize"}
+ONNX_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}  # sentence-transformers' names
+ONNX_MIN_COSINE = 0.999  # an export whose vectors differ more from torch's float32 ones is refused
+ONNX_BATCH_TOKENS = 2048  # measured like CPU_BATCH_TOKENS: 2,048 beat 4,096 by ~8% and 8,192 by ~20%
+
+
+def _pooling_mode(info: ModelInfo) -> str:
+    modules = json.loads((info.path / "modules.json").read_text())
+    if other := {m["type"] for m in modules} - ONNX_MODULES:
+        raise ValueError(f"RAG_EMBED_BACKEND=onnx runs Transformer + Pooling models; {info.name} also has {sorted(other)}: use torch")
+    pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+    config = json.loads((info.path / pooling["path"] / "config.json").read_text())
+    enabled = [k for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
+    if len(enabled) != 1 or enabled[0] not in ONNX_POOLING:
+        raise ValueError(f"RAG_EMBED_BACKEND=onnx supports mean or CLS pooling; {info.name} pools with {enabled}: use torch")
+    return ONNX_POOLING[enabled[0]]
+
+
+def export_onnx(info: ModelInfo, target: Path) -> None:
+    """The model's transformer as ONNX (torch's exporter, from the local weights: no download), checked
+    against the torch model on sample texts, written atomically (a racing export writes the same file)."""
+    import torch
+
+    reference = Embedder(str(info.path), "cpu")
+    names = reference.input_names
+
+    class TokenEmbeddings(torch.nn.Module):  # named inputs in, last hidden state out
+        def __init__(self, transformer):
+            super().__init__()
+            self.transformer = transformer  # a submodule, so its weights are exported as weights
+
+        def forward(self, *inputs):
+            return self.transformer(**dict(zip(names, inputs))).last_hidden_state
+
+    example = tuple(torch.ones((2, 8), dtype=torch.long) for _ in names)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    try:
+        with warnings.catch_warnings():  # the tracer's notes on Python control flow in the model code
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                TokenEmbeddings(reference.model[0].auto_model).eval(), example, str(partial), dynamo=False,
+                opset_version=17, input_names=list(names), output_names=["token_embeddings"],
+                dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*names, "token_embeddings")},
+            )
+        sample = [f"{i}: " + "ONNX export check, a sentence with words. " * (1 + i * 5) for i in range(12)]
+        ours = OnnxEmbedder(info, None, onnx_file=partial).encode(sample)
+        cosine = float((ours * reference.encode(sample)).sum(axis=1).min())
+        if cosine < ONNX_MIN_COSINE:
+            raise RuntimeError(f"the ONNX export of {info.key} differs from torch (cosine {cosine:.5f} < {ONNX_MIN_COSINE}): use RAG_EMBED_BACKEND=torch")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    log.info("exported %s to %s (cosine to torch %.6f)", info.key, target, cosine)
+
+
+class OnnxEmbedder(TextBatcher):
+    """The same vectors (cosine > 0.999 to torch float32) from ONNX Runtime on the CPU.
+
+    The point is the start, not the throughput: loading takes ~0.6 s against ~10 s for importing torch
+    and sentence-transformers, which is what a small sync pays (benchmarks/RESULTS.md). The export is
+    made once per model into the model cache (RAG_MODEL_CACHE) and reused by every later process.
+    """
+
+    def __init__(self, info: ModelInfo, cache: Path | None, batch_size: int = 64, batch_tokens: int | None = None,
+                 onnx_file: Path | None = None):
+        """`cache`: the folder exports live in (made on first use); `onnx_file`: a given export instead."""
+        import onnxruntime as ort
+        from filelock import FileLock
+
+        started = time.perf_counter()
+        self.pooling = _pooling_mode(info)
+        if onnx_file is None:
+            onnx_file = cache / f"{info.name.replace('/', '--')}@{info.revision}" / "model.onnx"
+            with FileLock(f"{onnx_file}.lock"):  # one export per model, whoever gets there first
+                if not onnx_file.exists():
+                    export_onnx(info, onnx_file)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings only
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        super().__init__(info, batch_size, tuple(i.name for i in self.session.get_inputs()))
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
+        self.batch_tokens = batch_tokens or ONNX_BATCH_TOKENS
+        log.info("loaded %s (ONNX Runtime) in %.1fs", info.key, time.perf_counter() - started)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, unit length, in the order of `texts`."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encodings, batches = self.tokenized(texts)
+        for idx in batches:
+            features = self.features(encodings, idx)
+            tokens = self.session.run(None, features)[0]
+            if self.pooling == "cls":
+                pooled = tokens[:, 0]
+            else:
+                mask = features["attention_mask"][..., None].astype(np.float32)
+                pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            failpoint("embed.batch")
+        return out

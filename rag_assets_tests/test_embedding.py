@@ -52,6 +52,43 @@ def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
     assert float(cpu_embedder.encode([long_text])[0] @ cpu_embedder.model.encode([long_text], normalize_embeddings=True)[0]) > 0.9999
 
 
+def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_once(cpu_embedder, tmp_path):
+    from rag_assets.defs.resources import ModelResource
+    from rag_assets.embedding import OnnxEmbedder, resolve_model
+
+    model = ModelResource(model=default_model(), backend="onnx", model_cache=str(tmp_path))
+    onnx = model.embedder()
+    assert isinstance(onnx, OnnxEmbedder) and onnx.device == "cpu" and onnx.dim == 384
+    assert model.info().key == cpu_embedder.info.key + "+onnx"  # never mixed with torch's vectors
+    assert model.chunker_settings_key() == ModelResource(model=default_model()).chunker_settings_key()  # same chunks
+    sample = texts(120)
+    ours = onnx.encode(sample)
+    assert ours.shape == (120, 384) and ours.dtype == np.float32
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * cpu_embedder.encode(sample)).sum(axis=1).min() >= 0.999  # in input order
+    assert onnx.encode([]).shape == (0, 384)
+    exported = list(tmp_path.rglob("*.onnx"))
+    assert len(exported) == 1 and not list(tmp_path.rglob("*.partial"))
+    stamp = exported[0].stat().st_mtime_ns
+    again = OnnxEmbedder(resolve_model(default_model(), "onnx"), tmp_path)  # a later process: the export is reused
+    assert exported[0].stat().st_mtime_ns == stamp and np.allclose(again.encode(sample[:5]), ours[:5], atol=1e-6)
+    with pytest.raises(ValueError, match="RAG_EMBED_BACKEND=torch"):
+        ModelResource(model=default_model(), backend="onnx", device="cuda", model_cache=str(tmp_path)).embedder()
+    with pytest.raises(ValueError, match="RAG_EMBED_BACKEND must be"):
+        resolve_model(default_model(), "tensorflow")
+
+
+def test_onnx_backend_loads_without_torch(tmp_path):
+    from rag_assets.embedding import OnnxEmbedder, resolve_model
+
+    OnnxEmbedder(resolve_model(default_model(), "onnx"), tmp_path)  # the export (needs torch), here
+    code = ("import sys; from pathlib import Path; from rag_assets.embedding import OnnxEmbedder, resolve_model; "
+            f"e = OnnxEmbedder(resolve_model({default_model()!r}, 'onnx'), Path({str(tmp_path)!r})); e.encode(['x']); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 torch = pytest.importorskip("torch")
 
 

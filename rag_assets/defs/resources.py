@@ -16,7 +16,7 @@ import dagster as dg
 
 from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.config import Settings
-from rag_assets.embedding import Embedder, ModelInfo, resolve_model
+from rag_assets.embedding import Embedder, ModelInfo, OnnxEmbedder, TextBatcher, resolve_model
 from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex, check_free_space
 from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
@@ -60,14 +60,21 @@ class IcebergResource(dg.ConfigurableResource):
 
 
 @functools.lru_cache(maxsize=2)
-def _embedder(model: str, device: str, batch_size: int, batch_tokens: int) -> Embedder:
-    return Embedder(model, device, batch_size, batch_tokens or None)  # loaded once per process, on first use
+def _embedder(model: str, backend: str, device: str, batch_size: int, batch_tokens: int, cache: str) -> TextBatcher:
+    """Loaded once per process, on first use."""
+    if backend == "torch":
+        return Embedder(model, device, batch_size, batch_tokens or None)
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"RAG_EMBED_BACKEND={backend} runs on the CPU; RAG_EMBED_DEVICE={device} needs RAG_EMBED_BACKEND=torch")
+    return OnnxEmbedder(resolve_model(model, backend), Path(cache), batch_size, batch_tokens or None)
 
 
 class ModelResource(dg.ConfigurableResource):
     """The embedding model and the chunker that counts tokens with the model's own tokenizer."""
 
     model: str
+    backend: str = "torch"  # torch, or onnx (ONNX Runtime, CPU): part of the model's identity
+    model_cache: str = ""  # where onnx exports are kept
     device: str = "auto"
     batch_size: int = 64
     batch_tokens: int = 0  # padded tokens per batch; 0 = by device
@@ -75,7 +82,7 @@ class ModelResource(dg.ConfigurableResource):
     chunk_overlap: int = 32
 
     def info(self) -> ModelInfo:
-        return resolve_model(self.model)
+        return resolve_model(self.model, self.backend)
 
     def chunker_settings_key(self) -> str:
         """The chunker's identity (model, tokenizer, sizes) without loading the tokenizer."""
@@ -84,8 +91,8 @@ class ModelResource(dg.ConfigurableResource):
     def chunker(self) -> Chunker:
         return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
 
-    def embedder(self) -> Embedder:
-        return _embedder(self.model, self.device, self.batch_size, self.batch_tokens)
+    def embedder(self) -> TextBatcher:
+        return _embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -144,6 +151,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         ),
         "model": ModelResource(
             model=settings.embed_model,
+            backend=settings.embed_backend,
+            model_cache=str(settings.model_cache),
             device=settings.embed_device,
             batch_size=settings.embed_batch_size,
             batch_tokens=settings.embed_batch_tokens,

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
-from rag_assets.embedding import Embedder
+from rag_assets.embedding import TextBatcher
 from rag_assets.tables import CHUNKS, EMBEDDINGS, Lakehouse, PartitionWriter
 from rag_assets.vector_store import STORE_COLUMNS, Hits, VectorStore
 
@@ -84,7 +84,7 @@ def texts_to_embed(lake: Lakehouse, shard: str, to_embed: pl.DataFrame, window: 
         yield pending
 
 
-def window_size(embedder: Embedder) -> int:
+def window_size(embedder: TextBatcher) -> int:
     return EMBED_WINDOW * (8 if embedder.cuda else 1)
 
 
@@ -108,7 +108,7 @@ class EmbedStats:
     seconds: float = 0.0  # time inside the model calls
 
 
-def embed_windows(embedder: Embedder, windows: Iterable[pa.Table], stamp: dt.datetime, stats: EmbedStats,
+def embed_windows(embedder: TextBatcher, windows: Iterable[pa.Table], stamp: dt.datetime, stats: EmbedStats,
                   total: int, log) -> Iterator[pa.Table]:
     """New vectors (`new_vectors` rows) for each window of (chunk_hash, text), counted in `stats`."""
     for window in windows:
