@@ -124,7 +124,7 @@ def release_freed_memory() -> None:
     trimmed (then after each batch), at 1.5 GB and 1.1 GB, with 1.6 GB of the heap free but no longer
     resident (benchmarks/memory.py, benchmarks/RESULTS.md).
     A trim takes ~15 ms, plus page faults when the next batch reuses the pages: after every batch that
-    cost ~15% of the encode time, so `Embedder.encode` trims once per call (a window of texts) instead.
+    cost ~15% of the encode time, so `Embedder.encode` trims every TRIM_EVERY_SECONDS instead.
     On CUDA the activations live on the device and this is not called.
     """
     if (trim := _malloc_trim()) is not None:
@@ -135,6 +135,7 @@ def release_freed_memory() -> None:
 # interleaved rounds): 2,048-4,096 tokens per batch encode ~15% faster than SentenceTransformer.encode at
 # its best batch size (16), 8,192 ~3% slower: small batches stay in the CPU's caches.
 CPU_BATCH_TOKENS = 4096
+TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
 
@@ -271,14 +272,20 @@ class Embedder(TextBatcher):
             return np.zeros((0, self.dim), dtype=np.float32)
         encodings, batches = self.tokenized(texts)
         out = torch.empty((len(texts), self.dim), dtype=self.dtype, device=self.device)
+        trimmed = time.monotonic()
         with torch.inference_mode():
             for rows, features in self._batches_ready(encodings, batches):
                 features = {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]
                 out[rows.to(self.device, non_blocking=True)] = torch.nn.functional.normalize(emb.float(), dim=1).to(self.dtype)
                 del emb, features
+                # Activations lived in host memory: hand the freed heap back every few seconds of work
+                # (after every batch cost ~15% of the time; never is unbounded: release_freed_memory).
+                if not self.cuda and time.monotonic() - trimmed > TRIM_EVERY_SECONDS:
+                    release_freed_memory()
+                    trimmed = time.monotonic()
                 failpoint("embed.batch")
-        if not self.cuda:  # activations lived in host memory: hand the freed heap back, once per call
+        if not self.cuda:
             release_freed_memory()
         return out.float().cpu().numpy()  # the one host sync
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from rag_assets.cli import main
 from rag_assets.parsing import Document, parse_file
-from rag_assets.tables import ALL_TABLES, EMBEDDINGS, VECTOR_INDEX
+from rag_assets.tables import ALL_TABLES, CHUNKS, EMBEDDINGS, VECTOR_INDEX
 from rag_assets_tests.conftest import make_env
 
 TOPICS = ["glaciers", "orchards", "lighthouses", "typesetting", "beekeeping", "railways"]
@@ -324,3 +324,30 @@ def test_model_change_needs_a_new_collection_and_then_re_embeds_everything(env, 
     with env.resources()["qdrant"].index().session() as session:
         assert session.count(other_model=model_key) == 0 and session.count() == sum(len(c) for c in before.values())
     assert search_docs("revised moraines and crevasses", 1) == ["north/glaciers.md"]
+
+
+def test_onnx_backend_is_another_model_identity_that_keeps_every_chunk(env, monkeypatch, tmp_path):
+    """RAG_EMBED_BACKEND=onnx: a model change (new collection, every vector embedded again under the
+    `+onnx` key) whose chunks are the model's on torch (same tokenizer, same hashes); search finds the
+    same text. (The previous test left the tables chunked by another model name, so they are re-chunked.)"""
+    monkeypatch.setenv("RAG_CHUNK_TOKENS", "80")  # as the previous tests left the tables
+    lake = env.resources()["iceberg"].lakehouse()
+
+    def chunk_hashes() -> list[str]:
+        return sorted(lake.table(CHUNKS).scan(selected_fields=("chunk_hash",)).to_arrow()["chunk_hash"].to_pylist())
+
+    torch_chunks = sorted(h for chunks in source_chunks(env).values() for h in chunks.values())  # the model on torch
+    monkeypatch.setenv("RAG_EMBED_BACKEND", "onnx")
+    monkeypatch.setenv("RAG_MODEL_CACHE", str(tmp_path / "models"))
+    monkeypatch.setenv("RAG_QDRANT_COLLECTION", "rag_chunks_onnx")
+    report = sync_json()
+    assert {r["status"] for r in report["shards"].values()} == {"changed"}
+    assert chunk_hashes() == torch_chunks  # the same tokenizer: the same chunks as on torch
+    model_key = env.resources()["model"].info().key
+    assert model_key.endswith("+onnx")
+    for shard, row in report["shards"].items():
+        assert row["embedded"] == len(set(source_chunks(env)[shard].values())) and row["upserted"] == row["chunks"]
+    with env.resources()["qdrant"].index().session() as session:
+        assert session.count(other_model=model_key) == 0 and session.count() == len(torch_chunks)
+    assert search_docs("revised moraines and crevasses", 1) == ["north/glaciers.md"]
+    assert {r["status"] for r in sync_json()["shards"].values()} == {"unchanged"}
