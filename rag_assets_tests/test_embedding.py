@@ -74,6 +74,8 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
     assert exported[0].stat().st_mtime_ns == stamp and np.allclose(again.encode(sample[:5]), ours[:5], atol=1e-6)
     with pytest.raises(ValueError, match="RAG_EMBED_BACKEND=torch"):
         ModelResource(model=default_model(), backend="onnx", device="cuda", model_cache=str(tmp_path)).embedder()
+    with pytest.raises(ValueError, match="RAG_MODEL_CACHE"):
+        ModelResource(model=default_model(), backend="onnx").embedder()
     with pytest.raises(ValueError, match="RAG_EMBED_BACKEND must be"):
         resolve_model(default_model(), "tensorflow")
 

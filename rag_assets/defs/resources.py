@@ -66,6 +66,8 @@ def _embedder(model: str, backend: str, device: str, batch_size: int, batch_toke
         return Embedder(model, device, batch_size, batch_tokens or None)
     if device not in ("auto", "cpu"):
         raise ValueError(f"RAG_EMBED_BACKEND={backend} runs on the CPU; RAG_EMBED_DEVICE={device} needs RAG_EMBED_BACKEND=torch")
+    if not cache:
+        raise ValueError(f"RAG_EMBED_BACKEND={backend} needs a model cache folder for its export (RAG_MODEL_CACHE)")
     return OnnxEmbedder(resolve_model(model, backend), Path(cache), batch_size, batch_tokens or None)
 
 
