@@ -148,7 +148,7 @@ class TextBatcher:
     device = "cpu"
     cuda = False
 
-    def __init__(self, info: ModelInfo, batch_size: int, input_names: tuple[str, ...]):
+    def __init__(self, info: ModelInfo, batch_size: int, batch_tokens: int, input_names: tuple[str, ...]):
         self.info = info
         self.batch_size = batch_size  # at most this many texts per batch on the CPU
         self.tokenizer = load_tokenizer(info)
@@ -156,7 +156,7 @@ class TextBatcher:
         if unknown := set(input_names) - set(TOKENIZER_FIELDS):
             raise ValueError(f"model {info.key} wants inputs {sorted(unknown)} that a text tokenizer does not give")
         self.input_names = input_names  # input_ids, attention_mask, ...
-        self.batch_tokens = CPU_BATCH_TOKENS
+        self.batch_tokens = batch_tokens  # padded tokens per batch
 
     def batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices into `lengths` (token counts), longest first, in batches of at most `batch_tokens`
@@ -213,11 +213,11 @@ class Embedder(TextBatcher):
         if self.cuda:
             self.model.half()
         self.model.eval()
-        super().__init__(info, batch_size, tuple(self.model.tokenizer.model_input_names))
+        # A GPU wants big batches, as big as its free memory allows; a CPU wants cache-sized ones.
+        budget = batch_tokens or (self._cuda_budget() if self.cuda else CPU_BATCH_TOKENS)
+        super().__init__(info, batch_size, budget, tuple(self.model.tokenizer.model_input_names))
         self.dim = int(self.model.get_embedding_dimension())
         self.dtype = torch.float16 if self.cuda else torch.float32
-        # A GPU wants big batches, as big as its free memory allows; a CPU wants cache-sized ones.
-        self.batch_tokens = batch_tokens or (self._cuda_budget() if self.cuda else CPU_BATCH_TOKENS)
         log.info("loaded %s on %s in %.1fs", self.info.key, self.device, time.perf_counter() - started)
 
     def _cuda_budget(self) -> int:
@@ -373,10 +373,12 @@ class OnnxEmbedder(TextBatcher):
                     export_onnx(info, onnx_file)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings only
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        super().__init__(info, batch_size, tuple(i.name for i in self.session.get_inputs()))
+        try:
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # e.g. a cache file damaged after its atomic write
+            raise RuntimeError(f"cannot load the ONNX export {onnx_file} ({exc}); delete it and it is exported again") from exc
+        super().__init__(info, batch_size, batch_tokens or ONNX_BATCH_TOKENS, tuple(i.name for i in self.session.get_inputs()))
         self.dim = int(self.session.get_outputs()[0].shape[-1])
-        self.batch_tokens = batch_tokens or ONNX_BATCH_TOKENS
         log.info("loaded %s (ONNX Runtime) in %.1fs", info.key, time.perf_counter() - started)
 
     def encode(self, texts: list[str]) -> np.ndarray:

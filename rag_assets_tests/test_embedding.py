@@ -72,6 +72,11 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
     stamp = exported[0].stat().st_mtime_ns
     again = OnnxEmbedder(resolve_model(default_model(), "onnx"), tmp_path)  # a later process: the export is reused
     assert exported[0].stat().st_mtime_ns == stamp and np.allclose(again.encode(sample[:5]), ours[:5], atol=1e-6)
+    damaged = tmp_path / "damaged" / exported[0].relative_to(tmp_path)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(exported[0].read_bytes()[:1000])
+    with pytest.raises(RuntimeError, match="delete it and it is exported again"):
+        OnnxEmbedder(resolve_model(default_model(), "onnx"), tmp_path / "damaged")
     with pytest.raises(ValueError, match="RAG_EMBED_BACKEND=torch"):
         ModelResource(model=default_model(), backend="onnx", device="cuda", model_cache=str(tmp_path)).embedder()
     with pytest.raises(ValueError, match="RAG_MODEL_CACHE"):
