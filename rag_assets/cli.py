@@ -207,17 +207,14 @@ def _status(settings: Settings, deep: bool = False) -> dict:
 
 def _run_job(job_name: str, node: str, what: str) -> dict:
     """Run one of the project's op jobs in-process, recorded in the Dagster instance; return `node`'s output."""
-    from rag_assets.defs import jobs
     from rag_assets.defs.resources import build_resources
+    from rag_assets.project_runs import execute_project_job
     from rag_assets.runs import SYNC_TAG, worker_tags
     from rag_assets.sync import QUIET
 
     settings = Settings.from_env()
-    job = getattr(jobs, job_name)
-    resources = {k: v for k, v in build_resources(settings).items() if k in job.required_resource_keys}
-    result = job.execute_in_process(
-        instance=_instance(settings), resources=resources,
-        run_config=QUIET, tags={SYNC_TAG: "cli", **worker_tags()}, raise_on_error=False,
+    result = execute_project_job(
+        job_name, _instance(settings), build_resources(settings), run_config=QUIET, tags={SYNC_TAG: "cli", **worker_tags()},
     )
     if not result.success:
         raise click.ClickException(f"{what} failed; see the run's logs in the Dagster instance")

@@ -1,5 +1,6 @@
 """`rag-assets sync`: what the sensor does, once, in-process: the same plan (`shard_state.plan_sync`), the
-same busy rule and the same run tags (`runs`), recorded in the Dagster instance.
+same busy rule, the same jobs and the same run tags (`runs`), recorded in the Dagster instance as runs of
+the project's code location (`project_runs`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from rag_assets.defs.assets import SHARD_ASSETS, chunks, embeddings, raw_documents, vector_index
-from rag_assets.defs.jobs import remove_run_config, remove_shard_job
+from rag_assets.defs.assets import chunks, embeddings, raw_documents, vector_index
+from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.defs.partitions import add_shards, shards
+from rag_assets.project_runs import execute_project_job
 from rag_assets.runs import busy_shards, shard_run_tags, worker_tags
 from rag_assets.shard_state import ShardPlan, index_settings, latest_metadata, plan_sync
 
@@ -65,9 +67,8 @@ def run_sync(
         if plan.shard in busy and plan.status != "unchanged":
             row.update(status="busy", reason="a run for this shard is queued or in progress")
         elif plan.status in ("new", "changed"):
-            result = dg.materialize(
-                SHARD_ASSETS, partition_key=plan.shard, instance=instance, resources=resources,
-                tags=tags, raise_on_error=False, run_config=QUIET,
+            result = execute_project_job(
+                shard_sync_job.name, instance, resources, partition_key=plan.shard, tags=tags, run_config=QUIET,
             )
             for event in result.get_asset_materialization_events():
                 meta = event.materialization.metadata
@@ -81,10 +82,8 @@ def run_sync(
                 if name in ("documents", "chunks", "quarantined"):
                     row[name] = last[asset.key].get(plan.shard, {}).get(key, 0)
         else:
-            result = remove_shard_job.execute_in_process(
-                instance=instance,
-                resources={"iceberg": resources["iceberg"], "qdrant": resources["qdrant"]},
-                tags=tags, raise_on_error=False, run_config={**QUIET, **remove_run_config(plan.shard)},
+            result = execute_project_job(
+                remove_shard_job.name, instance, resources, tags=tags, run_config={**QUIET, **remove_run_config(plan.shard)},
             )
             if result.success:
                 row["deleted"] = result.output_for_node("remove_shard")["points"]

@@ -2,6 +2,7 @@ import os
 
 import dagster as dg
 
+from rag_assets.defs.partitions import shards
 from rag_assets_tests.conftest import write_corpus
 
 
@@ -20,6 +21,12 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     spec = repo.assets_defs_by_key[dg.AssetKey("embeddings")]
     assert spec.op.tags.get("rag/gpu") == "true"
     assert all(repo.asset_graph.get(dg.AssetKey(key)).owners == ["team:rag"] for key in keys)  # shown in the catalog
+    # One executor for every way of running a shard: a UI backfill's __ASSET_JOB runs in-process too.
+    assert {job.name: job.executor_def.name for job in repo.get_all_jobs()} == {
+        name: "in_process" for name in ("__ASSET_JOB", "shard_sync_job", "remove_shard_job", "reconcile_job", "maintenance_job")
+    }
+    # Checks are partitioned like their assets: each result belongs to a shard.
+    assert {repo.asset_graph.get_check_spec(key).partitions_def for key in repo.asset_graph.asset_check_keys} == {shards}
 
 
 def test_sensor_requests_runs_for_new_shards_only_once(rag_env):

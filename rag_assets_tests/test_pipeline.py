@@ -105,8 +105,12 @@ def test_rerunning_a_partition_is_idempotent_and_checks_pass(synced):
     snapshots = {s.name: lake.table(s).current_snapshot().snapshot_id for s in ALL_TABLES}
     result = dg.materialize(SHARD_ASSETS, partition_key="beta", instance=env.instance(), resources=env.resources())
     assert result.success
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"all_chunks_embedded": True, "index_matches_table": True}
+    evaluations = result.get_asset_check_evaluations()
+    assert {c.check_name: c.passed for c in evaluations} == {"all_chunks_embedded": True, "index_matches_table": True}
+    # Recorded against the shard, targeting this run's materialization of it, and saying which shard.
+    assert {c.partition for c in evaluations} == {"beta"}
+    assert {c.target_materialization_data.run_id for c in evaluations} == {result.run_id}
+    assert all(c.description.startswith("shard 'beta': ") and c.metadata["shard"].value == "beta" for c in evaluations)
     meta = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
     assert meta["embeddings"]["embedded"].value == 0
     assert meta["vector_index"]["upserted"].value == 0 and meta["vector_index"]["deleted"].value == 0
@@ -130,6 +134,11 @@ def test_edit_add_and_remove_flow_through(tmp_path, monkeypatch):
     assert report["alpha"]["embedded"] == 0 and report["alpha"]["documents"] == 3
     assert report["gamma"]["deleted"] == 3
     assert instance.get_dynamic_partitions(shards.name) == ["alpha", "beta"]
+    # Runs of the project's jobs in its code location (the UI lists them under the job), tagged like the sensor's.
+    runs = instance.get_runs()
+    assert sorted(r.job_name for r in runs) == ["remove_shard_job"] + ["shard_sync_job"] * 4
+    assert {r.remote_job_origin.repository_origin.get_label() for r in runs} == {"__repository__@rag_assets"}
+    assert {(r.tags["rag/sync"], r.tags["rag/shard"]) for r in runs if r.job_name == "remove_shard_job"} == {("cli", "gamma")}
     assert search(env, "braided rope pattern")[0]["doc_id"] == "beta/guide.rst"
     lake = resources["iceberg"].lakehouse()
     for spec in ALL_TABLES:

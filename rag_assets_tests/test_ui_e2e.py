@@ -120,10 +120,24 @@ def test_backfill_from_the_ui_then_the_sensor_picks_up_an_edit(stack):
         return status if status not in ("REQUESTED",) else None
 
     assert wait_for("the backfill to finish", backfill_status, daemon.report) == "COMPLETED_SUCCESS", daemon.report()
-    runs = web.gql("query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { runs { status tags { key value } } } } }",
+    runs = web.gql("query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { runs { runId status tags { key value } } } } }",
                    id=backfill_id)["partitionBackfillOrError"]["runs"]
     assert runs and all(r["status"] == "SUCCESS" for r in runs)
     assert any({"key": "rag/launcher", "value": "gpu"} in r["tags"] for r in runs)  # embedding went the GPU route
+    for run in runs:  # the same executor as a sensor or CLI run: the four steps in one process
+        assert any("Executing steps in process" in m for m in run_messages(web, run["runId"])), run["runId"]
+    for asset, check in (("embeddings", "all_chunks_embedded"), ("vector_index", "index_matches_table")):
+        executions = web.gql(
+            "query($a: AssetKeyInput!, $c: String!) { assetCheckExecutions(assetKey: $a, checkName: $c, limit: 10) {"
+            " runId partition evaluation { success partition timestamp description targetMaterialization { runId timestamp } } } }",
+            a={"path": [asset]}, c=check,
+        )["assetCheckExecutions"]
+        # One result per shard, recorded against it, for the materialization of the same run, after it.
+        assert sorted(e["partition"] for e in executions) == sorted(CORPUS)
+        for e in executions:
+            ev = e["evaluation"]
+            assert ev["success"] and ev["partition"] == e["partition"] and ev["description"].startswith(f"shard '{e['partition']}'")
+            assert ev["targetMaterialization"]["runId"] == e["runId"] and ev["timestamp"] >= ev["targetMaterialization"]["timestamp"]
     assert search_top("pottery glaze fired in a kiln")["doc_id"] == "east/kiln.md"
     assert search_top("dogs pulling a sled over snow")["doc_id"] == "west/sled.md"
 
@@ -135,6 +149,33 @@ def test_backfill_from_the_ui_then_the_sensor_picks_up_an_edit(stack):
     runs = wait_for("the sensor's run for west", lambda: [r for r in daemon.runs(since) if r.dagster_run.status.value == "SUCCESS"] or None, daemon.report)
     assert [r.dagster_run.tags["rag/shard"] for r in daemon.runs(since)] == ["west"]
     assert search_top("birch toboggan on an icy hill")["doc_id"] == "west/sled.md"
-    status = json.loads(subprocess.run([str(Path(sys.executable).with_name("rag-assets")), "status", "--json"],
-                                       capture_output=True, text=True, check=True).stdout)["shards"]
+    status = json.loads(cli("status", "--json"))["shards"]
     assert set(status) == set(CORPUS) and all(row["in_sync"] for row in status.values())
+
+    # 4. The CLI's runs are runs of the project's jobs in the UI, beside the sensor's and the backfill's.
+    web.gql("mutation($id: String!) { stopSensor(id: $id) { __typename } }", id=state["sensorOrError"]["sensorState"]["id"])
+    write_file(env.source / "east" / "kiln.md", "# Kilns\n\nA raku kiln is opened red hot and the pots are pulled out with tongs.\n")
+    assert json.loads(cli("sync", "--json"))["shards"]["east"]["status"] == "changed"
+    cli("reconcile", "--json")
+    for job, shard in (("shard_sync_job", "east"), ("reconcile_job", None)):
+        job_runs = web.gql(
+            "query($s: PipelineSelector!) { pipelineOrError(params: $s) { ... on Pipeline { runs { runId tags { key value } } } } }",
+            s={**REPO, "pipelineName": job},
+        )["pipelineOrError"]["runs"]
+        mine = [r for r in job_runs if {"key": "rag/sync", "value": "cli"} in r["tags"]]
+        assert len(mine) == 1, (job, job_runs)
+        if shard:
+            assert {"key": "dagster/partition", "value": shard} in mine[0]["tags"]
+        origin = web.gql("query($id: ID!) { runOrError(runId: $id) { ... on Run { pipelineName repositoryOrigin { repositoryLocationName repositoryName } } } }",
+                         id=mine[0]["runId"])["runOrError"]
+        assert origin == {"pipelineName": job, "repositoryOrigin": {"repositoryLocationName": "rag_assets", "repositoryName": "__repository__"}}
+
+
+def cli(*args: str) -> str:
+    return subprocess.run([str(Path(sys.executable).with_name("rag-assets")), *args], capture_output=True, text=True, check=True).stdout
+
+
+def run_messages(web: Webserver, run_id: str) -> list[str]:
+    events = web.gql("query($id: ID!) { logsForRun(runId: $id, limit: 1000) { ... on EventConnection { events { ... on MessageEvent { message } } } } }",
+                     id=run_id)["logsForRun"]["events"]
+    return [e.get("message") or "" for e in events]

@@ -180,7 +180,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
             # The GPU this run was pinned to by the GPU run launcher ("" = none, unset = not launched by it).
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         ),
-        check_results=[checks.all_chunks_embedded(wanted, written, model_key)],
+        check_results=[checks.all_chunks_embedded(shard, wanted, written, model_key)],
         data_version=dg.DataVersion(frame_digest(wanted.select("chunk_id", "chunk_hash", model=pl.lit(model_key)))),
     )
 
@@ -227,7 +227,7 @@ def vector_index(
             # the index settings): a shard whose run failed half-way is requested again on the next tick.
             **shard_state.synced_state(context.instance, shard, shard_state.index_settings(model, qdrant)),
         ),
-        check_results=[checks.index_matches_table(desired, live)],
+        check_results=[checks.index_matches_table(shard, desired, live)],
         data_version=dg.DataVersion(frame_digest(desired.select("point_id", "chunk_hash"))),
     )
 

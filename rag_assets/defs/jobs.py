@@ -12,6 +12,15 @@ from rag_assets.reconcile import reconcile_index
 from rag_assets.runs import busy_shards
 from rag_assets.tables import ALL_TABLES, MAINTAINED_TABLES, VECTOR_STORE
 
+@dg.definitions
+def executor_defs() -> dg.Definitions:
+    # The executor of every job that names none, `__ASSET_JOB` included (a backfill or a materialization
+    # launched from the UI): a shard's four steps run one after another in one process, as in
+    # shard_sync_job, instead of four step subprocesses that each import torch. One cost per shard,
+    # however the run was started.
+    return dg.Definitions(executor=dg.in_process_executor)
+
+
 shard_sync_job = dg.define_asset_job(
     "shard_sync_job",
     selection=dg.AssetSelection.assets(*SHARD_ASSETS),
