@@ -1,4 +1,4 @@
-"""`rag-assets`: demo, sync, search, status, reconcile and maintain from the command line."""
+"""`rag-assets`: demo, sync, search, serve, status, reconcile, maintain and repair from the command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from rag_assets.config import Settings
+from rag_assets.search import MAX_K
 
 
 def _dagster_home(settings: Settings) -> Path:
@@ -41,12 +42,16 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         from rag_assets.index import DiskFull
-        from rag_assets.tables import CorruptTable
 
         try:
             return super().invoke(ctx)
-        except (DiskFull, CorruptTable) as exc:
-            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            # A damaged table can only be met by a command that imported the tables (not `search`, which
+            # must not pay for pyiceberg's import).
+            tables = sys.modules.get("rag_assets.tables")
+            if isinstance(exc, (DiskFull, tables.CorruptTable) if tables else DiskFull):
+                raise click.ClickException(str(exc)) from exc
+            raise
 
 
 @click.group(cls=_Group)
@@ -109,9 +114,6 @@ def _print_sync(data: dict) -> None:
     click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
 
 
-MAX_K = 1000  # hits per search
-
-
 @main.command()
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K), help="How many chunks.")
@@ -127,23 +129,28 @@ def search(query: str, k: int, shard: str | None, as_json: bool) -> None:
         return
     for i, h in enumerate(hits, 1):
         click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}")
-        click.echo("   " + h["text"][:300].replace("\n", " "))
+        click.echo("   " + " ".join(h["text"][:300].split()))
 
 
 def _search(settings: Settings, query: str, k: int, shard: str | None) -> list[dict]:
-    from rag_assets.defs.resources import build_resources
+    from rag_assets.search import Searcher, UnknownShard
 
-    res = build_resources(settings)
-    vector = res["model"].embedder().encode([query])[0]
-    with res["qdrant"].index().session() as session:
-        hits = session.search(vector, k, shard)
-        if shard is not None and not hits and not session.count(shard):
-            raise click.BadParameter(f"no shard {shard!r} in the collection (`rag-assets status` lists the shards)", param_hint="--shard")
-    return [
-        {"score": h.score, "shard": h.payload.get("shard"), "doc_id": h.payload.get("doc_id"),
-         "chunk_id": h.payload.get("chunk_id"), "title": h.payload.get("title"), "text": h.payload.get("text")}
-        for h in hits
-    ]
+    try:
+        return Searcher(settings).search(query, k, shard)
+    except UnknownShard as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from exc
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+def serve(host: str, port: int) -> None:
+    """Search over HTTP with the model loaded once: GET /search?q=...&k=5&shard=..., GET /health."""
+    from rag_assets.search import Searcher
+    from rag_assets.serve import serve as run_server
+
+    click.echo(f"serving search on http://{host}:{port} (GET /search?q=..., GET /health)", err=True)
+    run_server(Searcher(Settings.from_env()), host, port)
 
 
 @main.command()

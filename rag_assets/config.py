@@ -123,6 +123,23 @@ class Settings:
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
     min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
+    def qdrant_options(self) -> dict[str, object]:
+        """The live collection's settings, as `index.make_index` and `QdrantResource` take them (no API key:
+        the resource gets it as an EnvVar, the query side from the environment)."""
+        return {
+            "collection": self.qdrant_collection, "path": str(self.home / "qdrant"), "url": self.qdrant_url,
+            "prefer_grpc": self.qdrant_prefer_grpc, "grpc_port": self.qdrant_grpc_port, "batch_size": self.qdrant_batch_size,
+            "parallel": self.qdrant_parallel, "timeout": self.qdrant_timeout, "retries": self.qdrant_retries,
+            "retry_max_wait": self.qdrant_retry_max_wait, "min_free_mb": self.min_free_mb,
+        }
+
+    def model_options(self) -> dict[str, object]:
+        """The embedding model's settings, as `embedding.load_embedder` takes them."""
+        return {
+            "model": self.embed_model, "backend": self.embed_backend, "device": self.embed_device,
+            "batch_size": self.embed_batch_size, "batch_tokens": self.embed_batch_tokens, "model_cache": str(self.model_cache),
+        }
+
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(_env("RAG_HOME", ".rag")).expanduser().resolve()  # folders are made where they are used

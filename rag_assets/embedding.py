@@ -398,3 +398,16 @@ class OnnxEmbedder(TextBatcher):
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             failpoint("embed.batch")
         return out
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(model: str, backend: str = "torch", device: str = "auto", batch_size: int = 64, batch_tokens: int = 0,
+                  model_cache: str = "") -> TextBatcher:
+    """The embedder for these settings (`config.Settings.model_options`), loaded once per process."""
+    if backend == "torch":
+        return Embedder(model, device, batch_size, batch_tokens or None)
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"RAG_EMBED_BACKEND={backend} runs on the CPU; RAG_EMBED_DEVICE={device} needs RAG_EMBED_BACKEND=torch")
+    if not model_cache:
+        raise ValueError(f"RAG_EMBED_BACKEND={backend} needs a model cache folder for its export (RAG_MODEL_CACHE)")
+    return OnnxEmbedder(resolve_model(model, backend), Path(model_cache), batch_size, batch_tokens or None)

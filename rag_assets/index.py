@@ -450,3 +450,18 @@ class ServerSession(IndexSession):
             self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+
+def make_index(
+    *, collection: str, path: str = "", url: str | None = None, api_key: str | None = None, prefer_grpc: bool = False,
+    grpc_port: int = 6334, batch_size: int = 256, parallel: int = 1, timeout: int = 60, retries: int = 5,
+    retry_max_wait: int = 30, min_free_mb: int = 256,
+) -> VectorIndex:
+    """The live collection: a Qdrant server when `url` is set, else the embedded engine under `path`
+    (the options of `config.Settings.qdrant_options`)."""
+    if url:
+        return ServerIndex(
+            url, collection, api_key=api_key, prefer_grpc=prefer_grpc, grpc_port=grpc_port, batch_size=batch_size,
+            parallel=parallel, timeout=timeout, retries=retries, max_retry_wait=retry_max_wait,
+        )
+    return EdgeIndex(Path(path), collection, batch_size, min_free_mb=min_free_mb)

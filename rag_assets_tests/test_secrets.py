@@ -73,3 +73,21 @@ def test_no_secret_reaches_logs_metadata_snapshots_files_or_tables(tmp_path, mon
     out, err = capfd.readouterr()
     found["stdout/stderr"] = leaks(out + err)
     assert {where: hits for where, hits in found.items() if hits} == {}
+
+
+def test_the_qdrant_api_key_outside_a_run_is_the_secret_itself(monkeypatch, tmp_path):
+    """`status` and `search` open the collection outside any Dagster run, where the resource's EnvVar is not
+    resolved by Dagster: the client must still get the key's value, never the variable's name."""
+    import warnings
+
+    from rag_assets.config import Settings
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.search import Searcher
+
+    monkeypatch.setenv("RAG_HOME", str(tmp_path))
+    monkeypatch.setenv("RAG_QDRANT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("RAG_QDRANT_API_KEY", "s3cret-key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qdrant-client warns that an API key over plain http is insecure
+        for index in (build_resources()["qdrant"].index(), Searcher(Settings.from_env()).index):
+            assert index.client._client._init_options["api_key"] == "s3cret-key"

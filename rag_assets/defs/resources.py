@@ -8,7 +8,6 @@ resolves them at run time and never shows or logs them.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import dagster as dg
 
 from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.config import Settings
-from rag_assets.embedding import Embedder, ModelInfo, OnnxEmbedder, TextBatcher, resolve_model
-from rag_assets.index import EdgeIndex, ServerIndex, VectorIndex, check_free_space
+from rag_assets.embedding import ModelInfo, TextBatcher, load_embedder, resolve_model
+from rag_assets.index import VectorIndex, check_free_space, make_index
 from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
 from rag_assets.source import Source, open_source
@@ -59,18 +58,6 @@ class IcebergResource(dg.ConfigurableResource):
         return Lakehouse(self.catalog_name, {**self.properties, **secrets}, self.namespace)
 
 
-@functools.lru_cache(maxsize=2)
-def _embedder(model: str, backend: str, device: str, batch_size: int, batch_tokens: int, cache: str) -> TextBatcher:
-    """Loaded once per process, on first use."""
-    if backend == "torch":
-        return Embedder(model, device, batch_size, batch_tokens or None)
-    if device not in ("auto", "cpu"):
-        raise ValueError(f"RAG_EMBED_BACKEND={backend} runs on the CPU; RAG_EMBED_DEVICE={device} needs RAG_EMBED_BACKEND=torch")
-    if not cache:
-        raise ValueError(f"RAG_EMBED_BACKEND={backend} needs a model cache folder for its export (RAG_MODEL_CACHE)")
-    return OnnxEmbedder(resolve_model(model, backend), Path(cache), batch_size, batch_tokens or None)
-
-
 class ModelResource(dg.ConfigurableResource):
     """The embedding model and the chunker that counts tokens with the model's own tokenizer."""
 
@@ -94,7 +81,7 @@ class ModelResource(dg.ConfigurableResource):
         return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
 
     def embedder(self) -> TextBatcher:
-        return _embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
+        return load_embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -119,13 +106,10 @@ class QdrantResource(dg.ConfigurableResource):
             check_free_space(Path(self.path) / self.collection, self.min_free_mb)
 
     def index(self) -> VectorIndex:
-        if self.url:
-            return ServerIndex(
-                self.url, self.collection, api_key=self.api_key, prefer_grpc=self.prefer_grpc, grpc_port=self.grpc_port,
-                batch_size=self.batch_size, parallel=self.parallel, timeout=self.timeout,
-                retries=self.retries, max_retry_wait=self.retry_max_wait,
-            )
-        return EdgeIndex(Path(self.path), self.collection, self.batch_size, min_free_mb=self.min_free_mb)
+        options = self.model_dump()
+        if isinstance(self.api_key, dg.EnvVar):  # outside a run (the CLI's status), Dagster has not resolved it
+            options["api_key"] = self.api_key.get_value()
+        return make_index(**options)
 
 
 class RetentionResource(dg.ConfigurableResource):
@@ -162,18 +146,8 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             chunk_overlap=settings.chunk_overlap,
         ),
         "qdrant": QdrantResource(
-            collection=settings.qdrant_collection,
-            path=str(settings.home / "qdrant"),
-            url=settings.qdrant_url,
+            **settings.qdrant_options(),
             api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
-            prefer_grpc=settings.qdrant_prefer_grpc,
-            grpc_port=settings.qdrant_grpc_port,
-            batch_size=settings.qdrant_batch_size,
-            parallel=settings.qdrant_parallel,
-            timeout=settings.qdrant_timeout,
-            retries=settings.qdrant_retries,
-            retry_max_wait=settings.qdrant_retry_max_wait,
-            min_free_mb=settings.min_free_mb,
         ),
         "retention": RetentionResource(
             snapshot_retention_hours=settings.snapshot_retention_hours,

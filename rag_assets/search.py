@@ -1,0 +1,50 @@
+"""The query side: the model and the live collection, from the settings alone.
+
+Used by `rag-assets search` (one query per process: it imports neither Dagster nor the tables, so a cold
+search pays for the model and the engine only) and by `rag-assets serve` (the model loaded once, a query
+then costs an encode and a search).
+"""
+
+from __future__ import annotations
+
+import os
+
+from rag_assets.config import Settings
+from rag_assets.embedding import load_embedder
+from rag_assets.index import make_index
+
+MAX_K = 1000  # hits per search
+HIT_FIELDS = ("shard", "doc_id", "chunk_id", "title", "text")  # payload fields a hit reports, after its score
+
+
+class UnknownShard(LookupError):
+    """`--shard` / `shard=` names a shard the collection does not hold."""
+
+
+class Searcher:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.index = make_index(**settings.qdrant_options(), api_key=os.environ.get("RAG_QDRANT_API_KEY") or None)
+
+    @property
+    def embedder(self):
+        return load_embedder(**self.settings.model_options())
+
+    def search(self, query: str, k: int = 5, shard: str | None = None) -> list[dict]:
+        """Top-k chunks for `query`, each {"score", "shard", "doc_id", "chunk_id", "title", "text"}."""
+        if not query.strip():
+            raise ValueError("the query is empty")
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        vector = self.embedder.encode([query])[0]
+        with self.index.session() as session:
+            hits = session.search(vector, k, shard)
+            if shard is not None and not hits and not session.count(shard):
+                raise UnknownShard(f"no shard {shard!r} in the collection (`rag-assets status` lists the shards)")
+        return [{"score": h.score, **{f: h.payload.get(f) for f in HIT_FIELDS}} for h in hits]
+
+    def health(self) -> dict:
+        """What a load balancer asks: the collection answers, with how many points, and the model."""
+        with self.index.session() as session:
+            points = session.count()
+        return {"status": "ok", "collection": self.index.collection, "points": points, "model": self.embedder.info.key}
