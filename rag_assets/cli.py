@@ -73,13 +73,12 @@ def sync(as_json: bool) -> None:
 
 
 def _sync(settings: Settings, quiet: bool):
-    from tqdm import tqdm
+    from filelock import Timeout
 
     from rag_assets.defs.resources import build_resources
+    from rag_assets.progress import listening
     from rag_assets.shard_state import SettingsConflict
     from rag_assets.sync import run_sync
-
-    from filelock import Timeout
 
     lock = _home_lock(settings, "sync")  # one `rag-assets sync` per home at a time; a second one waits
     try:
@@ -88,19 +87,56 @@ def _sync(settings: Settings, quiet: bool):
         click.echo(f"another `rag-assets sync` of this home is running; waiting for it ({lock.lock_file})", err=True)
         lock.acquire()
     instance = _instance(settings)
-    bar = tqdm(desc="sync", unit="shard", disable=quiet, file=sys.stderr)
-
-    def progress(plan):
-        bar.set_postfix_str(f"{plan.shard}: {plan.status}", refresh=False)
-        bar.update(1)
-
+    bars = _SyncBars(disable=quiet)
     try:
-        return run_sync(instance, build_resources(settings), progress)
+        with listening(bars.step):
+            return run_sync(instance, build_resources(settings), bars)
     except SettingsConflict as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
-        bar.close()
+        bars.close()
         lock.release()
+
+
+class _SyncBars:
+    """Two tqdm bars on stderr: shards done of the shards to run (with an ETA from the shards done so far)
+    and the running shard's step, with its chunks embedded of the chunks to embed while it embeds."""
+
+    def __init__(self, disable: bool):
+        from tqdm import tqdm
+
+        self.tqdm, self.disable = tqdm, disable
+        self.shards = tqdm(desc="sync", unit="shard", total=0, disable=disable, file=sys.stderr, dynamic_ncols=True)
+        self.chunks = None
+
+    def planned(self, to_run) -> None:
+        self.shards.total = len(to_run)
+        self.shards.set_postfix_str("nothing changed" if not to_run else f"{len(to_run)} shards to run", refresh=True)
+
+    def step(self, p) -> None:  # rag_assets.progress listener
+        self.shards.set_postfix_str(f"{p.shard}: {p.step}", refresh=True)
+        if p.step == "embeddings" and p.total:
+            if self.chunks is None:
+                self.chunks = self.tqdm(desc=f"  {p.shard} embedding", unit="chunk", total=p.total, position=1, leave=False,
+                                        disable=self.disable, file=sys.stderr, dynamic_ncols=True)
+            self.chunks.update(p.done - self.chunks.n)
+        elif self.chunks is not None:
+            self._close_chunks()
+
+    def finished(self, plan, row) -> None:
+        self._close_chunks()
+        if plan.status != "unchanged" and row["status"] != "busy":
+            self.shards.set_postfix_str(f"{plan.shard}: {row['status']}", refresh=False)
+            self.shards.update(1)
+
+    def _close_chunks(self) -> None:
+        if self.chunks is not None:
+            self.chunks.close()
+            self.chunks = None
+
+    def close(self) -> None:
+        self._close_chunks()
+        self.shards.close()
 
 
 def _print_sync(data: dict) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,8 +265,8 @@ class Embedder(TextBatcher):
                 raise item
             yield item
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, unit length, in the order of `texts`."""
+    def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, unit length, in the order of `texts`; `on_batch(n)` after each batch of n."""
         import torch
 
         if not texts:
@@ -285,6 +286,8 @@ class Embedder(TextBatcher):
                     release_freed_memory()
                     trimmed = time.monotonic()
                 failpoint("embed.batch")
+                if on_batch:
+                    on_batch(len(rows))
         if not self.cuda:
             release_freed_memory()
         return out.float().cpu().numpy()  # the one host sync
@@ -381,8 +384,8 @@ class OnnxEmbedder(TextBatcher):
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         log.info("loaded %s (ONNX Runtime) in %.1fs", info.key, time.perf_counter() - started)
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, unit length, in the order of `texts`."""
+    def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """(len(texts), dim) float32, unit length, in the order of `texts`; `on_batch(n)` after each batch of n."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -397,6 +400,8 @@ class OnnxEmbedder(TextBatcher):
                 pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
             failpoint("embed.batch")
+            if on_batch:
+                on_batch(len(idx))
         return out
 
 

@@ -6,7 +6,7 @@ the project's code location (`project_runs`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -46,11 +46,18 @@ class SyncReport:
         return {"shards": self.shards, "totals": totals, "skipped_shards": self.skipped}
 
 
-def run_sync(
-    instance: dg.DagsterInstance,
-    resources: Mapping[str, object],
-    progress: Callable[[ShardPlan], None] = lambda plan: None,  # called as each shard finishes
-) -> SyncReport:
+class SyncProgress:
+    """What `run_sync` tells as it goes (the CLI draws it; this default draws nothing). Inside a shard's run
+    the steps report through `rag_assets.progress`."""
+
+    def planned(self, to_run: list[ShardPlan]) -> None:
+        """The shards that will run (new, changed and removed ones that are not busy), before any runs."""
+
+    def finished(self, plan: ShardPlan, row: dict) -> None:
+        """A shard is done: its report row."""
+
+
+def run_sync(instance: dg.DagsterInstance, resources: Mapping[str, object], progress: SyncProgress | None = None) -> SyncReport:
     resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
     source = resources["source"].open()
     plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
@@ -60,6 +67,8 @@ def run_sync(
     unchanged = {p.shard for p in plans if p.status == "unchanged"}
     last = {asset.key: latest_metadata(instance, asset.key, unchanged) for asset in (raw_documents, chunks)} if unchanged else {}
     report = SyncReport(skipped=dict(source.skipped))
+    progress = progress or SyncProgress()
+    progress.planned([p for p in plans if p.status != "unchanged" and p.shard not in busy])
     for plan in plans:
         started = time.perf_counter()
         row: dict = {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}}
@@ -91,7 +100,7 @@ def run_sync(
                 row.update(status="failed", error=_first_error(result))
         row["seconds"] = round(time.perf_counter() - started, 3)
         report.shards[plan.shard] = row
-        progress(plan)  # after the shard is done, so a progress bar counts finished shards
+        progress.finished(plan, row)
     return report
 
 

@@ -13,7 +13,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from rag_assets import shard_state
+from rag_assets import progress, shard_state
 from rag_assets.defs import checks
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
@@ -35,9 +35,10 @@ def shard_asset(**kwargs):
 
     def decorate(body):
         @functools.wraps(body)  # (Dagster reads the body's parameters through __wrapped__)
-        def asset_body(*args, **kw):
+        def asset_body(context: dg.AssetExecutionContext, *args, **kw):
+            progress.report(context.partition_key, body.__name__)  # the CLI's bar shows the step
             try:
-                return body(*args, **kw)
+                return body(context, *args, **kw)
             except (dg.Failure, dg.RetryRequested):
                 raise
             except Exception as exc:
@@ -156,7 +157,7 @@ def embeddings(context: dg.AssetExecutionContext, iceberg: IcebergResource, mode
         if plan.to_embed.height:  # texts streamed from the chunks partition, a window at a time
             embedder = model.embedder()
             windows = vectors.texts_to_embed(lake, shard, plan.to_embed, vectors.window_size(embedder))
-            for found in vectors.embed_windows(embedder, windows, now(), stats, plan.to_embed.height, context.log):
+            for found in vectors.embed_windows(embedder, windows, now(), stats, plan.to_embed.height, context.log, shard):
                 rows.add(found)
                 new_in_store.add(found)
             context.log.info(f"embedded {stats.chunks} chunks ({plan.tokens} tokens) in {stats.seconds:.1f}s on {embedder.device}")

@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
+from rag_assets import progress
 from rag_assets.embedding import TextBatcher
 from rag_assets.tables import CHUNKS, EMBEDDINGS, Lakehouse, PartitionWriter
 from rag_assets.vector_store import STORE_COLUMNS, Hits, VectorStore
@@ -109,11 +110,20 @@ class EmbedStats:
 
 
 def embed_windows(embedder: TextBatcher, windows: Iterable[pa.Table], stamp: dt.datetime, stats: EmbedStats,
-                  total: int, log) -> Iterator[pa.Table]:
-    """New vectors (`new_vectors` rows) for each window of (chunk_hash, text), counted in `stats`."""
+                  total: int, log, shard: str = "") -> Iterator[pa.Table]:
+    """New vectors (`new_vectors` rows) for each window of (chunk_hash, text), counted in `stats`; each
+    batch's progress goes to `progress` listeners (the CLI's bar)."""
+    done = stats.chunks
+
+    def batch_done(n: int) -> None:
+        nonlocal done
+        done += n
+        progress.report(shard, "embeddings", done, total)
+
+    batch_done(0)  # the bar appears with its total before the first batch
     for window in windows:
         started = time.perf_counter()
-        vectors = embedder.encode(window["text"].to_pylist())
+        vectors = embedder.encode(window["text"].to_pylist(), batch_done)
         stats.seconds += time.perf_counter() - started
         stats.chunks += window.num_rows
         log.info(f"embedded {stats.chunks}/{total} chunks on {embedder.device}")
