@@ -28,14 +28,15 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-demo: install $(DAGSTER_HOME)/dagster.yaml  ## build the demo source, sync it through Dagster, search it
+# The demo, the UI and a sync need the project's venv only; `install` adds the infra linters the tests use.
+demo: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml  ## build the demo source, sync it through Dagster, search it
 	$(VENV)/bin/rag-assets demo
 
-dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon (sensor) on http://127.0.0.1:3000
+dev: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon (sensor) on http://127.0.0.1:3000
 	# Started from DAGSTER_HOME so Dagster reads the dagster.yaml copied there, not this folder's.
 	cd $(DAGSTER_HOME) && $(CURDIR)/$(VENV)/bin/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p 3000
 
-sync: install $(DAGSTER_HOME)/dagster.yaml
+sync: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/rag-assets sync
 
 test: install  ## the whole suite: unit layer, then real Dagster runs, Iceberg, Qdrant, model, services

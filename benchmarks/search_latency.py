@@ -30,9 +30,9 @@ QUERIES = ["parse a JSON document", "open a socket connection", "format dates an
            "regular expression groups", "run a subprocess", "compress a file with gzip", "random numbers"]
 
 
-def cold(cli: list[str], env: dict) -> float:
+def cold(cli: list[str], env: dict, cwd: Path) -> float:
     started = time.perf_counter()
-    subprocess.run([*cli, "search", QUERIES[0], "-k", "5", "--json"], env=env, check=True, capture_output=True)
+    subprocess.run([*cli, "search", QUERIES[0], "-k", "5", "--json"], env=env, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - started
 
 
@@ -74,13 +74,14 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a checkout of an older commit whose CLI is timed too")
     args = parser.parse_args()
     ours = [sys.executable, "-m", "rag_assets.cli"]
-    systems = {"current": (ours, dict(os.environ))}
+    # `python -m` puts its working directory first on sys.path: each system runs from its own checkout.
+    systems = {"current": (ours, dict(os.environ), Path(__file__).resolve().parents[1])}
     if args.baseline:
-        systems["baseline"] = (ours, {**os.environ, "PYTHONPATH": str(args.baseline.resolve())})
+        systems["baseline"] = (ours, {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}, args.baseline.resolve())
     times: dict[str, list[float]] = {name: [] for name in systems}
     for _ in range(args.cold):
-        for name, (cli, env) in systems.items():
-            times[name].append(cold(cli, env))
+        for name, (cli, env, cwd) in systems.items():
+            times[name].append(cold(cli, env, cwd))
     result = {"cold_seconds": {name: {"median": round(statistics.median(t), 2), "all": [round(x, 2) for x in t]} for name, t in times.items()}}
     result["warm_http"] = warm(args.warm)
     print(json.dumps(result, indent=2))
