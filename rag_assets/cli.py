@@ -61,18 +61,20 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def sync(as_json: bool) -> None:
-    """Do what the sensor does, once, in-process: materialize new and changed shards, remove vanished ones."""
-    report = _sync(Settings.from_env(), quiet=as_json)
+@click.option("--allow-deletes", is_flag=True, help="Let through deletions the deletion guard holds (RAG_MAX_DELETE_FRACTION).")
+def sync(as_json: bool, allow_deletes: bool) -> None:
+    """Do what the sensor does, once, in-process: materialize new and changed shards, remove vanished ones.
+    Exits 1 when a shard failed or was held by the deletion guard."""
+    report = _sync(Settings.from_env(), quiet=as_json, allow_deletes=allow_deletes)
     data = report.as_json()
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         _print_sync(data)
-    sys.exit(1 if data["totals"]["failed"] else 0)
+    sys.exit(1 if data["totals"]["failed"] or data["totals"]["held"] else 0)
 
 
-def _sync(settings: Settings, quiet: bool):
+def _sync(settings: Settings, quiet: bool, allow_deletes: bool = False):
     from filelock import Timeout
 
     from rag_assets.defs.resources import build_resources
@@ -90,7 +92,7 @@ def _sync(settings: Settings, quiet: bool):
     bars = _SyncBars(disable=quiet)
     try:
         with listening(bars.step):
-            return run_sync(instance, build_resources(settings), bars)
+            return run_sync(instance, build_resources(settings), bars, allow_deletes)
     except SettingsConflict as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -146,6 +148,8 @@ def _print_sync(data: dict) -> None:
         click.echo(f"{shard:<24}" + "".join(f"{row.get(c, ''):>12}" for c in cols))
         if row.get("error"):
             click.echo(f"  error: {row['error']}", err=True)
+        if row["status"] == "held":
+            click.echo(f"  held: {row['reason']}", err=True)
     t = data["totals"]
     click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
 

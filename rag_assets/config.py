@@ -33,6 +33,19 @@ def _env_int(name: str, default: int, minimum: int | None = None) -> int:
     return value
 
 
+def _env_fraction(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number between 0 and 1, got {raw!r}") from exc
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = _env(name)
     if raw is None:
@@ -121,6 +134,7 @@ class Settings:
     orphan_age_hours: int  # unreferenced files younger than this are never deleted (a commit may still add them)
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
+    max_delete_fraction: float = 0.5  # a run removing more of a shard's points, or a sync more of the shards, is held
     min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
     def qdrant_options(self) -> dict[str, object]:
@@ -178,4 +192,5 @@ class Settings:
             run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
             max_document_mb=_env_int("RAG_MAX_DOCUMENT_MB", 64, minimum=1),
             min_free_mb=_env_int("RAG_MIN_FREE_MB", 256, minimum=0),
+            max_delete_fraction=_env_fraction("RAG_MAX_DELETE_FRACTION", 0.5),
         )

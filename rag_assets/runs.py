@@ -25,6 +25,7 @@ ROUTE_TAG = "rag/launcher"  # which backend the GPU routing launcher sent a run 
 DEVICE_TAG = "rag/gpu_device"  # the GPU a local run was pinned to ("" = none: CPU fallback)
 PID_TAG = "rag/pid"  # the process that executes the run (a local run worker, or the CLI itself)
 HOST_TAG = "rag/host"  # the host that process runs on
+ALLOW_DELETES_TAG = "rag/allow_deletes"  # "true": the deletion guard lets this run delete (deletion_guard.py)
 PARTITION_TAG = "dagster/partition"  # Dagster's own: the shard of a partitioned run
 
 

@@ -15,7 +15,8 @@ from rag_assets.defs.assets import chunks, embeddings, raw_documents, vector_ind
 from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.project_runs import execute_project_job
-from rag_assets.runs import busy_shards, shard_run_tags, worker_tags
+from rag_assets.deletion_guard import held_shards, is_held_failure
+from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
 from rag_assets.shard_state import ShardPlan, index_settings, latest_metadata, plan_sync
 
 COUNT_SOURCES = {  # report field -> (asset, metadata key)
@@ -43,6 +44,7 @@ class SyncReport:
                 totals[k] += row.get(k, 0)
         totals["seconds"] = round(totals["seconds"], 3)
         totals["failed"] = sum(1 for r in self.shards.values() if r["status"] == "failed")
+        totals["held"] = sum(1 for r in self.shards.values() if r["status"] == "held")
         return {"shards": self.shards, "totals": totals, "skipped_shards": self.skipped}
 
 
@@ -57,24 +59,36 @@ class SyncProgress:
         """A shard is done: its report row."""
 
 
-def run_sync(instance: dg.DagsterInstance, resources: Mapping[str, object], progress: SyncProgress | None = None) -> SyncReport:
+def run_sync(
+    instance: dg.DagsterInstance, resources: Mapping[str, object], progress: SyncProgress | None = None,
+    allow_deletes: bool = False,  # let the deletion guard's holds through (`sync --allow-deletes`)
+) -> SyncReport:
     resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
     source = resources["source"].open()
     plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
     known = set(instance.get_dynamic_partitions(shards.name))
     add_shards(instance, [p.shard for p in plans if p.status == "new" and p.shard not in known])
     busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
-    unchanged = {p.shard for p in plans if p.status == "unchanged"}
-    last = {asset.key: latest_metadata(instance, asset.key, unchanged) for asset in (raw_documents, chunks)} if unchanged else {}
+    held = held_shards(instance, plans, len(known), resources["source"].max_delete_fraction, allow_deletes)
+    idle = {p.shard for p in plans if p.status == "unchanged" or p.shard in held}  # nothing runs for them
+    last = {asset.key: latest_metadata(instance, asset.key, idle) for asset in (raw_documents, chunks)} if idle else {}
     report = SyncReport(skipped=dict(source.skipped))
     progress = progress or SyncProgress()
-    progress.planned([p for p in plans if p.status != "unchanged" and p.shard not in busy])
+    progress.planned([p for p in plans if p.shard not in idle and p.shard not in busy])
     for plan in plans:
         started = time.perf_counter()
         row: dict = {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}}
         tags = {**shard_run_tags("cli", plan.shard, plan.status, plan.reason, plan.fingerprint), **worker_tags()}
+        if allow_deletes:
+            tags[ALLOW_DELETES_TAG] = "true"
         if plan.shard in busy and plan.status != "unchanged":
             row.update(status="busy", reason="a run for this shard is queued or in progress")
+        elif plan.shard in idle:
+            if plan.shard in held:
+                row.update(status="held", reason=held[plan.shard])
+            for name, (asset, key) in COUNT_SOURCES.items():
+                if name in ("documents", "chunks", "quarantined"):
+                    row[name] = last[asset.key].get(plan.shard, {}).get(key, 0)
         elif plan.status in ("new", "changed"):
             result = execute_project_job(
                 shard_sync_job.name, instance, resources, partition_key=plan.shard, tags=tags, run_config=QUIET,
@@ -85,11 +99,7 @@ def run_sync(instance: dg.DagsterInstance, resources: Mapping[str, object], prog
                     if event.asset_key == asset.key and key in meta:
                         row[name] = meta[key].value
             if not result.success:
-                row.update(status="failed", error=_first_error(result))
-        elif plan.status == "unchanged":
-            for name, (asset, key) in COUNT_SOURCES.items():
-                if name in ("documents", "chunks", "quarantined"):
-                    row[name] = last[asset.key].get(plan.shard, {}).get(key, 0)
+                row.update(_failure(result))
         else:
             result = execute_project_job(
                 remove_shard_job.name, instance, resources, tags=tags, run_config={**QUIET, **remove_run_config(plan.shard)},
@@ -97,20 +107,24 @@ def run_sync(instance: dg.DagsterInstance, resources: Mapping[str, object], prog
             if result.success:
                 row["deleted"] = result.output_for_node("remove_shard")["points"]
             else:
-                row.update(status="failed", error=_first_error(result))
+                row.update(_failure(result))
         row["seconds"] = round(time.perf_counter() - started, 3)
         report.shards[plan.shard] = row
         progress.finished(plan, row)
     return report
 
 
-def _first_error(result) -> str:
-    """The innermost cause of the run's first step failure, as "Type: message" (Dagster wraps a step's
-    exception in its own "Error occurred while executing op ..." error; the cause is what went wrong)."""
+def _failure(result) -> dict[str, str]:
+    """The report fields of a failed run: "held" with the deletion guard's reason, or "failed" with the
+    innermost cause of its first step failure as "Type: message" (Dagster wraps a step's exception in its
+    own "Error occurred while executing op ..." error; the cause is what went wrong)."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return root_cause(event.step_failure_data.error)
-    return "run failed"
+        if event.is_step_failure and event.step_failure_data:
+            if is_held_failure(event.step_failure_data):
+                return {"status": "held", "reason": event.step_failure_data.user_failure_data.description}
+            if event.step_failure_data.error:
+                return {"status": "failed", "error": root_cause(event.step_failure_data.error)}
+    return {"status": "failed", "error": "run failed"}
 
 
 def root_cause(error) -> str:

@@ -13,7 +13,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from rag_assets import progress, shard_state
+from rag_assets import deletion_guard, progress, shard_state
 from rag_assets.defs import checks
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
@@ -78,6 +78,8 @@ def raw_documents(context: dg.AssetExecutionContext, source: SourceResource, ice
             written.add(stamped(rows))
         for rows in documents.read_documents(src, plan.to_read, source.fields, now(), plan.quarantine, source.max_document_mb):
             written.add(stamped(rows))
+        lost, points = documents.lost_points(lake, shard, previous.documents, written.frame())
+        deletion_guard.guard_shard(context, listing.fingerprint, lost, points, source.max_delete_fraction)  # before any write
         result = out.commit()
     lake.replace_partition(QUARANTINE, shard, plan.quarantine.table())
     if plan.quarantine.rows:

@@ -31,6 +31,7 @@ class SourceResource(dg.ConfigurableResource):
     title_field: str = "title"
     text_field: str = "text"
     max_document_mb: int = 64  # larger files (decompressed too) are quarantined ("too_large") instead of read
+    max_delete_fraction: float = 0.5  # the deletion guard (deletion_guard.py): RAG_MAX_DELETE_FRACTION
 
     def open(self) -> Source:
         return open_source(self.location)
@@ -128,7 +129,8 @@ class RetentionResource(dg.ConfigurableResource):
 def build_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or Settings.from_env()
     return {
-        "source": SourceResource(location=settings.source, max_document_mb=settings.max_document_mb),
+        "source": SourceResource(location=settings.source, max_document_mb=settings.max_document_mb,
+                                 max_delete_fraction=settings.max_delete_fraction),
         "iceberg": IcebergResource(
             catalog_name=settings.iceberg_catalog,
             namespace=settings.iceberg_namespace,

@@ -6,6 +6,7 @@ from rag_assets.config import Settings
 from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import ModelResource, QdrantResource, SourceResource
+from rag_assets.deletion_guard import held_shards
 from rag_assets.launcher import ensure_gpu_pool
 from rag_assets.runs import busy_shards, shard_run_tags
 from rag_assets.shard_state import SettingsConflict, index_settings, plan_sync
@@ -32,9 +33,12 @@ def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
         busy = busy_shards(context.instance)  # a shard with a run queued or running is left to that run
         known = set(context.instance.get_dynamic_partitions(shards.name))
         new = [p.shard for p in plans if p.status == "new" and p.shard not in known]
+        held = held_shards(context.instance, plans, len(known), source.max_delete_fraction, allowed=False)
+        for shard, why in sorted(held.items()):  # in the tick's log in the UI, at every tick while it lasts
+            context.log.warning(f"shard {shard!r} held: {why}")
         requests = []
         for plan in plans:
-            if plan.shard in busy or plan.status == "unchanged":
+            if plan.shard in busy or plan.shard in held or plan.status == "unchanged":
                 continue
             tags = shard_run_tags("sensor", plan.shard, plan.status, plan.reason, plan.fingerprint)
             if plan.status == "removed":

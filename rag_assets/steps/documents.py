@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from rag_assets.parsing import Document, RecordFields, parse_file
 from rag_assets.source import ShardListing, Source, SourceFile
-from rag_assets.tables import QUARANTINE, RAW_DOCUMENTS, Lakehouse
+from rag_assets.tables import CHUNKS, QUARANTINE, RAW_DOCUMENTS, Lakehouse
 
 DOCUMENT_BATCH = 256  # documents parsed before they are handed to the table writer
 
@@ -151,3 +151,13 @@ def document_counts(documents: pl.DataFrame, previous: pl.DataFrame) -> dict[str
         "new_or_changed_documents": documents.join(previous, on=["doc_id", "content_hash"], how="anti").height,
         "removed_documents": previous.join(documents, on="doc_id", how="anti").height,
     }
+
+
+def lost_points(lake: Lakehouse, shard: str, previous: pl.DataFrame, docs: pl.DataFrame) -> tuple[int, int]:
+    """(points of the shard whose documents `docs` no longer holds, points of the shard): what the run would
+    remove (the deletion guard's measure; a point is a chunk). The chunks are read only when a document is gone."""
+    gone = previous.select("doc_id").join(docs.select("doc_id"), on="doc_id", how="anti")
+    if gone.is_empty():
+        return 0, 0
+    chunk_docs = pl.from_arrow(lake.read_partition(CHUNKS, shard, ("doc_id",)))
+    return chunk_docs.join(gone, on="doc_id", how="semi").height, chunk_docs.height
