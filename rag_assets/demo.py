@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import pydoc
+import re
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,8 @@ DEMO_SHARDS = {
     "net": ["socket", "ssl", "urllib.parse", "urllib.request", "http.client", "http.server", "email", "smtplib"],
 }
 
+ADDRESS = re.compile(r" at 0x[0-9a-f]{4,}")
+
 
 def module_markdown(name: str) -> str | None:
     try:
@@ -29,6 +32,9 @@ def module_markdown(name: str) -> str | None:
     except Exception:  # a module this Python build lacks (e.g. no _ssl): leave it out of the demo
         return None
     summary = (module.__doc__ or "").strip()
+    # Default values print as "<object object at 0x7f...>", another address in every process: without
+    # them a rebuilt demo source is byte-identical and a second `rag-assets demo` re-embeds nothing.
+    text = ADDRESS.sub(" at 0x…", text)
     return f"# {name}\n\n{summary}\n\n## Reference\n\n{text}\n"
 
 

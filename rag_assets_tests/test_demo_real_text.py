@@ -30,3 +30,14 @@ def test_demo_source_syncs_and_answers_questions(rag_env):
         assert doc in [h["doc_id"] for h in hits], (query, [h["doc_id"] for h in hits])
     again = json.loads(CliRunner().invoke(main, ["sync", "--json"]).stdout)
     assert {r["status"] for r in again["shards"].values()} == {"unchanged"} and again["totals"]["embedded"] == 0
+
+
+def test_the_demo_source_is_the_same_in_every_process():
+    """pydoc prints default values with their memory address; the demo strips them, so a second
+    `rag-assets demo` finds its documents unchanged instead of re-embedding some chunks."""
+    import subprocess
+    import sys
+
+    code = "from rag_assets.demo import module_markdown; print(module_markdown('configparser'))"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    assert runs[0] == runs[1] and "object at 0x…" in runs[0]
