@@ -65,8 +65,11 @@ def main() -> None:
 def sync(as_json: bool, allow_deletes: bool) -> None:
     """Do what the sensor does, once, in-process: materialize new and changed shards, remove vanished ones.
     Exits 1 when a shard failed or was held by the deletion guard."""
-    report = _sync(Settings.from_env(), quiet=as_json, allow_deletes=allow_deletes)
+    settings = Settings.from_env()
+    report = _sync(settings, quiet=as_json, allow_deletes=allow_deletes)
     data = report.as_json()
+    if settings.eval_after_sync and _index_changed(data):  # a quality datapoint for every change of the index
+        data["eval"] = _eval(settings, origin="after-sync")
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
@@ -141,6 +144,26 @@ class _SyncBars:
         self.shards.close()
 
 
+def _index_changed(data: dict) -> bool:
+    return any(row["status"] in ("new", "changed", "removed") for row in data["shards"].values())
+
+
+def _eval(settings: Settings, collection: str = "", origin: str = "cli") -> dict:
+    """Run retrieval_eval_job in-process (a materialization the UI plots) and return its figures."""
+    from rag_assets.defs.evaluation import EVAL_TAG, eval_report, eval_run_config
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.project_runs import execute_project_job
+    from rag_assets.runs import worker_tags
+    from rag_assets.sync import QUIET, root_cause
+
+    result = execute_project_job("retrieval_eval_job", _instance(settings), build_resources(settings),
+                                 run_config={**QUIET, **eval_run_config(collection)}, tags={EVAL_TAG: origin, **worker_tags()})
+    if not result.success:
+        errors = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
+        raise click.ClickException(f"retrieval evaluation failed: {errors[0] if errors else 'see the run in the Dagster instance'}")
+    return eval_report(result)
+
+
 def _print_sync(data: dict) -> None:
     cols = ("status", "documents", "chunks", "embedded", "reused", "upserted", "deleted", "quarantined", "seconds")
     click.echo(f"{'shard':<24}" + "".join(f"{c:>12}" for c in cols))
@@ -152,6 +175,15 @@ def _print_sync(data: dict) -> None:
             click.echo(f"  held: {row['reason']}", err=True)
     t = data["totals"]
     click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
+    if "eval" in data:
+        _print_eval(data["eval"])
+
+
+def _print_eval(report: dict) -> None:
+    figures = "  ".join(f"{k} {report[k]:.3f}" for k in ("recall@1", "recall@5", "recall@10", "mrr@10"))
+    click.echo(f"retrieval ({report['collection']}, {report['queries']} queries, {report['query_source']}): {figures}")
+    if not report["passed"]:
+        click.echo(f"  check failed: {report['check']}", err=True)
 
 
 @main.command()
@@ -268,6 +300,20 @@ def _run_job(job_name: str, node: str, what: str) -> dict:
     return result.output_for_node(node)
 
 
+@main.command(name="eval")
+@click.option("--collection", default="", help="Evaluate this collection instead of the configured one.")
+@click.option("--json", "as_json", is_flag=True)
+def eval_command(collection: str, as_json: bool) -> None:
+    """Retrieval quality of the collection: recall@1/5/10 and MRR@10 over RAG_EVAL_QUERIES or known-item
+    queries from the corpus (a retrieval_eval materialization). Exits 1 when recall fell beyond RAG_EVAL_TOLERANCE."""
+    report = _eval(Settings.from_env(), collection)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_eval(report)
+    sys.exit(0 if report["passed"] else 1)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(as_json: bool) -> None:
@@ -330,6 +376,8 @@ def demo(query: str) -> None:
     created = build_demo_source(Path(settings.source))
     click.echo(f"demo source: {settings.source} ({created} documents in {len(list(Path(settings.source).iterdir()))} shards)")
     data = _sync(settings, quiet=False).as_json()
+    if settings.eval_after_sync and _index_changed(data):
+        data["eval"] = _eval(settings, origin="after-sync")
     _print_sync(data)
     click.echo(f"\nsearch: {query}")
     for i, h in enumerate(_search(settings, query, 3, None), 1):

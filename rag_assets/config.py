@@ -129,6 +129,11 @@ class Settings:
     chunk_overlap: int
     sensor_interval_seconds: int  # how often the daemon lists the source
     reconcile_cron: str  # when the index reconciliation runs (UTC)
+    eval_cron: str  # when retrieval_eval runs besides after syncs (UTC)
+    eval_queries: str  # JSONL of {"query", "doc_ids"}; "" = known-item queries generated from the corpus
+    eval_tolerance: float  # retrieval_eval's check fails when recall@10 falls more than this below the accepted value
+    eval_size: int  # known-item queries generated
+    eval_after_sync: bool  # the sensor and `rag-assets sync` run retrieval_eval after syncs that changed the index
     maintenance_cron: str  # when table maintenance and run-history cleanup run (UTC)
     snapshot_retention_hours: int  # Iceberg snapshots younger than this are kept: the reach of time travel and rollback
     orphan_age_hours: int  # unreferenced files younger than this are never deleted (a commit may still add them)
@@ -186,6 +191,11 @@ class Settings:
             chunk_overlap=_env_int("RAG_CHUNK_OVERLAP", 32),
             sensor_interval_seconds=_env_int("RAG_SENSOR_INTERVAL_SECONDS", 30),
             reconcile_cron=_env("RAG_RECONCILE_CRON", "0 3 * * *"),
+            eval_cron=_env("RAG_EVAL_CRON", "30 3 * * *"),
+            eval_queries=str(Path(q).expanduser().resolve()) if (q := _env("RAG_EVAL_QUERIES")) else "",
+            eval_tolerance=_env_fraction("RAG_EVAL_TOLERANCE", 0.02),
+            eval_size=_env_int("RAG_EVAL_SIZE", 100, minimum=1),
+            eval_after_sync=_env_bool("RAG_EVAL_AFTER_SYNC", True),
             maintenance_cron=_env("RAG_MAINTENANCE_CRON", "0 2 * * *"),
             snapshot_retention_hours=_env_int("RAG_SNAPSHOT_RETENTION_HOURS", 168, minimum=0),
             orphan_age_hours=_env_int("RAG_ORPHAN_AGE_HOURS", 72, minimum=1),

@@ -118,6 +118,8 @@ def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
     mp.setenv("RAG_SOURCE", str(env.source))
     mp.setenv("DAGSTER_HOME", str(env.dagster_home))
     mp.setenv("RAG_EMBED_DEVICE", "cpu")
+    # Each evaluation loads the model in its run: only the tests of retrieval_eval turn it on after syncs.
+    mp.setenv("RAG_EVAL_AFTER_SYNC", "false")
     for key, value in extra.items():
         mp.setenv(key, value)
     return env

@@ -106,11 +106,20 @@ class QdrantResource(dg.ConfigurableResource):
         if not self.url:
             check_free_space(Path(self.path) / self.collection, self.min_free_mb)
 
-    def index(self) -> VectorIndex:
-        options = self.model_dump()
+    def index(self, collection: str = "") -> VectorIndex:
+        """The configured collection, or another one of the same engine (`collection`)."""
+        options = {**self.model_dump(), **({"collection": collection} if collection else {})}
         if isinstance(self.api_key, dg.EnvVar):  # outside a run (the CLI's status), Dagster has not resolved it
             options["api_key"] = self.api_key.get_value()
         return make_index(**options)
+
+
+class EvalResource(dg.ConfigurableResource):
+    """How `retrieval_eval` measures the collection (rag_assets/evaluation.py)."""
+
+    queries_file: str = ""  # RAG_EVAL_QUERIES; "" = known-item queries generated from the corpus
+    tolerance: float = 0.02  # RAG_EVAL_TOLERANCE
+    size: int = 100  # RAG_EVAL_SIZE: known-item queries generated
 
 
 class RetentionResource(dg.ConfigurableResource):
@@ -151,6 +160,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             **settings.qdrant_options(),
             api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
         ),
+        "eval_settings": EvalResource(queries_file=settings.eval_queries, tolerance=settings.eval_tolerance, size=settings.eval_size),
         "retention": RetentionResource(
             snapshot_retention_hours=settings.snapshot_retention_hours,
             orphan_age_hours=settings.orphan_age_hours,

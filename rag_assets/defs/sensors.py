@@ -3,6 +3,7 @@
 import dagster as dg
 
 from rag_assets.config import Settings
+from rag_assets.defs.evaluation import eval_request_after_sync, retrieval_eval_job
 from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import ModelResource, QdrantResource, SourceResource
@@ -14,10 +15,11 @@ from rag_assets.shard_state import SettingsConflict, index_settings, plan_sync
 
 def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
-        jobs=[shard_sync_job, remove_shard_job],
+        jobs=[shard_sync_job, remove_shard_job, retrieval_eval_job],
         minimum_interval_seconds=settings.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Lists the source (metadata only), adds new shards, runs changed shards, removes vanished ones.",
+        description="Lists the source (metadata only), adds new shards, runs changed shards, removes vanished ones; "
+        "once they have settled, evaluates the collection (retrieval_eval, RAG_EVAL_AFTER_SYNC).",
     )
     def source_change_sensor(
         context: dg.SensorEvaluationContext, source: SourceResource, model: ModelResource, qdrant: QdrantResource
@@ -45,6 +47,8 @@ def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
                 requests.append(dg.RunRequest(job_name=remove_shard_job.name, run_config=remove_run_config(plan.shard), tags=tags))
             else:
                 requests.append(dg.RunRequest(job_name=shard_sync_job.name, partition_key=plan.shard, tags=tags))
+        if settings.eval_after_sync and not requests and not busy:  # the shard runs have settled
+            requests.extend(eval_request_after_sync(context.instance))
         context.log.info(f"{len(plans)} shards listed; requesting {len(requests)} runs")
         return dg.SensorResult(
             run_requests=requests,

@@ -1,0 +1,124 @@
+"""`retrieval_eval`: how well the live collection finds the right documents, plotted over time.
+
+Materialized after syncs (the sensor asks once the shard runs have settled; `rag-assets sync` after a sync
+that changed the index), on a schedule, and by `rag-assets eval`. The metrics are materialization
+metadata, so the asset's page plots them; the check fails when recall@10 falls by more than
+RAG_EVAL_TOLERANCE below the last accepted value of the same collection and query set.
+"""
+
+import time
+
+import dagster as dg
+
+from rag_assets import evaluation
+from rag_assets.defs.assets import GROUP, OWNERS, vector_index
+from rag_assets.defs.resources import EvalResource, IcebergResource, ModelResource, QdrantResource
+from rag_assets.shard_state import VECTOR_INDEX_KEY
+
+EVAL_KEY = dg.AssetKey("retrieval_eval")
+RECALL_NOT_WORSE = dg.AssetCheckSpec(
+    "recall_not_worse", asset=EVAL_KEY,
+    description="recall@10 is not more than RAG_EVAL_TOLERANCE below the last accepted value (same collection and queries).",
+)
+HISTORY = 50  # earlier evaluations searched for the accepted value of a collection
+
+
+class EvalConfig(dg.Config):
+    collection: str = ""  # evaluate this collection instead of the configured one (e.g. a migration's new one)
+
+
+def _earlier(instance: dg.DagsterInstance) -> list[dict]:
+    """Metadata values of the latest evaluations, newest first."""
+    records = instance.fetch_materializations(EVAL_KEY, limit=HISTORY).records
+    return [{k: v.value for k, v in r.asset_materialization.metadata.items()} for r in records]
+
+
+def choose_queries(lake, settings: EvalResource, earlier: list[dict], log) -> tuple[list[evaluation.Query], str]:
+    """(queries, where they came from): the file, the kept known-item set, or a new one."""
+    if settings.queries_file:
+        return evaluation.load_queries(settings.queries_file), f"file {settings.queries_file}"
+    docs = evaluation.document_ids(lake)
+    kept = next((m["query_set"] for m in earlier if m.get("query_set")), None)
+    if kept:
+        queries = [evaluation.Query(q["query"], tuple(q["doc_ids"])) for q in kept]
+        answerable = evaluation.still_answerable(queries, docs)
+        if len(answerable) >= evaluation.MIN_VALID * len(queries):
+            return answerable, "known-item (kept)"
+        log.info(f"only {len(answerable)} of the {len(queries)} kept queries still have their document: a new set")
+    return evaluation.known_item_queries(lake, docs, settings.size), "known-item (new)"
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"qdrant", "python"}, deps=[vector_index], check_specs=[RECALL_NOT_WORSE],
+    description="Known-item (or RAG_EVAL_QUERIES) retrieval quality of the live collection: recall@1/5/10 and MRR@10.",
+)
+def retrieval_eval(
+    context: dg.AssetExecutionContext, config: EvalConfig, iceberg: IcebergResource, qdrant: QdrantResource,
+    model: ModelResource, eval_settings: EvalResource,
+) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    earlier = _earlier(context.instance)
+    queries, source = choose_queries(iceberg.lakehouse(), eval_settings, earlier, context.log)
+    index = qdrant.index(config.collection)
+    metrics = evaluation.evaluate(evaluation.index_search(model.embedder(), index), queries)
+    set_id = evaluation.query_set_id(queries)
+    accepted = next((m.get("accepted_recall@10") for m in earlier
+                     if m.get("collection") == index.collection and m.get("query_set_id") == set_id), None)
+    passed, why = evaluation.tolerance_check(metrics["recall@10"], accepted, eval_settings.tolerance)
+    context.log.info(f"{index.collection}: {metrics} ({source}); {why}")
+    return dg.MaterializeResult(
+        metadata={
+            **metrics,
+            "collection": index.collection,
+            "model": model.info().key,
+            "query_source": source,
+            "query_set_id": set_id,
+            # Kept for the next evaluation (the file's queries are read from the file each time).
+            "query_set": dg.MetadataValue.json([] if eval_settings.queries_file else
+                                               [{"query": q.query, "doc_ids": list(q.doc_ids)} for q in queries]),
+            "accepted_recall@10": metrics["recall@10"] if passed else accepted,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=RECALL_NOT_WORSE.name, passed=passed, description=f"{index.collection}: {why}",
+            metadata={"recall@10": metrics["recall@10"], "accepted_recall@10": accepted if accepted is not None else -1.0,
+                      "tolerance": eval_settings.tolerance},
+        )],
+    )
+
+
+retrieval_eval_job = dg.define_asset_job(
+    "retrieval_eval_job", selection=dg.AssetSelection.assets(retrieval_eval),
+    description="Measure the live collection's retrieval quality (retrieval_eval).",
+)
+
+
+EVAL_TAG = "rag/eval"  # why a retrieval_eval run was requested: after-sync | cli
+
+
+def eval_request_after_sync(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    """One retrieval_eval run per state of the index, keyed by the newest vector_index materialization
+    (a sensor never requests a run key twice); none before the first sync."""
+    records = instance.fetch_materializations(VECTOR_INDEX_KEY, limit=1).records
+    if not records:
+        return []
+    return [dg.RunRequest(job_name=retrieval_eval_job.name, run_key=f"retrieval_eval@{records[0].storage_id}",
+                          tags={EVAL_TAG: "after-sync"})]
+
+
+def eval_run_config(collection: str = "") -> dict:
+    return {"ops": {"retrieval_eval": {"config": {"collection": collection}}}}
+
+
+def eval_report(result) -> dict:
+    """`rag-assets eval --json` from a retrieval_eval run's materialization and check."""
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == EVAL_KEY]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    (check,) = result.get_asset_check_evaluations()
+    return {
+        "collection": meta["collection"], "queries": meta["queries"],
+        **{f"recall@{n}": meta[f"recall@{n}"] for n in evaluation.RECALL_AT}, "mrr@10": meta["mrr@10"],
+        "query_source": meta["query_source"], "query_set_id": meta["query_set_id"],
+        "passed": check.passed, "check": check.description,
+    }
+
