@@ -343,6 +343,34 @@ def maintain(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--to", "to", required=True, help="ISO 8601 time (UTC when no zone is given), within the snapshot retention window.")
+@click.option("--json", "as_json", is_flag=True)
+def rollback(to: str, as_json: bool) -> None:
+    """Every table back to its snapshot as of --to, the live collection reconciled to them (no model call), and the
+    sync state made to agree so that the next sync neither undoes it nor re-embeds anything."""
+    from rag_assets.defs.jobs import rollback_run_config
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.project_runs import execute_project_job
+    from rag_assets.runs import SYNC_TAG, worker_tags
+    from rag_assets.sync import QUIET, root_cause
+
+    settings = Settings.from_env()
+    with _home_lock(settings, "sync"):  # no sync of this home runs while the tables go back
+        result = execute_project_job("rollback_job", _instance(settings), build_resources(settings),
+                                     run_config={**QUIET, **rollback_run_config(to)}, tags={SYNC_TAG: "cli", **worker_tags()})
+    if not result.success:
+        errors = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
+        raise click.ClickException(f"rollback failed: {errors[0] if errors else 'see the run in the Dagster instance'}")
+    report = result.output_for_node("rollback")
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"rolled back to {report['to']} (collection {report['collection']}: {report['index']})")
+    for table, row in report["tables"].items():
+        click.echo(f"  {table}: {row['rows_before']} -> {row['rows_after']} rows (snapshot {row['snapshot_id']} of {row['snapshot_at']})")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def repair(as_json: bool) -> None:
     """Restore damaged tables (an unreadable metadata.json, a missing data file) and re-sync the shards they cost."""

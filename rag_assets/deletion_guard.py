@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from rag_assets.runs import ALLOW_DELETES_TAG
+from rag_assets.shard_state import ROLLED_BACK_REASON
 
 HELD_KEY = "rag/held/"  # + shard: instance key-value store entry of a held shard ("" once it is not)
 HELD_METADATA = "rag/held"  # in a held step's failure metadata
@@ -105,6 +106,10 @@ def held_shards(instance: dg.DagsterInstance, plans, known: int, max_fraction: f
     removed = [p.shard for p in plans if p.status == "removed"]
     if reason := removal_hold_reason(len(removed), known, max_fraction):
         held.update(dict.fromkeys(removed, reason))
+    for p in plans:
+        if p.status == "removed" and p.reason == ROLLED_BACK_REASON:
+            held.setdefault(p.shard, f"deletion guard: shard {p.shard!r} was restored by a rollback although the source "
+                                     "no longer lists it; `rag-assets sync --allow-deletes` removes it")
     return held
 
 

@@ -9,7 +9,8 @@ that failed half-way leaves the old record and the shard is picked up again on t
 - new:       the shard is not a partition yet, or was never synced into the index;
 - changed:   its listing fingerprint differs (reason "source"), or its index settings do ("settings");
 - unchanged: neither differs; nothing runs;
-- removed:   a partition the source no longer lists.
+- removed:   a partition the source no longer lists (reason "rolled_back" when a rollback brought it
+             back although the source did not list it: the deletion guard holds it).
 
 A model change with the same collection raises `SettingsConflict` before anything runs, so two models'
 vectors never meet in one collection.
@@ -32,6 +33,11 @@ VECTOR_INDEX_KEY = dg.AssetKey("vector_index")
 FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and vector_index (as synced)
 CHUNKER, MODEL, COLLECTION = "index_chunker", "index_model", "index_collection"
 TIMESTAMP = "_timestamp"  # added by `latest_metadata`: when the materialization was recorded
+ROLLED_BACK = "rolled_back_to"  # on the records `rag-assets rollback` writes (rollback.py)
+# The synced fingerprint of a shard that a rollback brought back although the source no longer lists it:
+# it is "removed" with reason ROLLED_BACK_REASON, which the deletion guard holds until deletes are allowed.
+ABSENT_FINGERPRINT = "absent"
+ROLLED_BACK_REASON = "rolled_back"
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,9 @@ def plan_shards(
             plans.append(ShardPlan(shard, "changed", fp, "settings"))
         else:
             plans.append(ShardPlan(shard, "unchanged", fp))
-    plans.extend(ShardPlan(s, "removed") for s in sorted(known - set(fingerprints)))
+    for shard in sorted(known - set(fingerprints)):
+        pinned = (synced.get(shard) or {}).get(FINGERPRINT) == ABSENT_FINGERPRINT
+        plans.append(ShardPlan(shard, "removed", reason=ROLLED_BACK_REASON if pinned else ""))
     return plans
 
 

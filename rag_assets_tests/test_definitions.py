@@ -12,10 +12,12 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     loaded = defs()
     repo = loaded.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert keys == {"raw_documents", "chunks", "embeddings", "vector_index"}
+    assert keys == {"raw_documents", "chunks", "embeddings", "vector_index", "retrieval_eval"}
+    assert repo.asset_graph.get(dg.AssetKey("retrieval_eval")).partitions_def is None  # one figure for the collection
+    keys -= {"retrieval_eval"}
     for key in keys:
         assert isinstance(repo.asset_graph.get(dg.AssetKey(key)).partitions_def, dg.DynamicPartitionsDefinition)
-    assert {c.name for c in repo.asset_graph.asset_check_keys} == {"all_chunks_embedded", "index_matches_table"}
+    assert {c.name for c in repo.asset_graph.asset_check_keys} == {"all_chunks_embedded", "index_matches_table", "recall_not_worse"}
     assert loaded.resolve_sensor_def("source_change_sensor")
     assert loaded.resolve_job_def("shard_sync_job") and loaded.resolve_job_def("remove_shard_job")
     spec = repo.assets_defs_by_key[dg.AssetKey("embeddings")]
@@ -23,10 +25,12 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     assert all(repo.asset_graph.get(dg.AssetKey(key)).owners == ["team:rag"] for key in keys)  # shown in the catalog
     # One executor for every way of running a shard: a UI backfill's __ASSET_JOB runs in-process too.
     assert {job.name: job.executor_def.name for job in repo.get_all_jobs()} == {
-        name: "in_process" for name in ("__ASSET_JOB", "shard_sync_job", "remove_shard_job", "reconcile_job", "maintenance_job")
+        name: "in_process" for name in ("__ASSET_JOB", "shard_sync_job", "remove_shard_job", "reconcile_job", "maintenance_job",
+                                        "retrieval_eval_job", "rollback_job")
     }
     # Checks are partitioned like their assets: each result belongs to a shard.
-    assert {repo.asset_graph.get_check_spec(key).partitions_def for key in repo.asset_graph.asset_check_keys} == {shards}
+    assert {repo.asset_graph.get_check_spec(key).partitions_def for key in repo.asset_graph.asset_check_keys
+            if key.asset_key.path[0] in keys} == {shards}
 
 
 def test_sensor_requests_runs_for_new_shards_only_once(rag_env):

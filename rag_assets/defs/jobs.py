@@ -6,20 +6,11 @@ import dagster as dg
 
 from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.defs.partitions import shards
-from rag_assets.defs.resources import IcebergResource, QdrantResource, RetentionResource
+from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, RetentionResource, SourceResource
 from rag_assets.maintenance import delete_old_runs, latest_state_runs, maintain_table, maintain_vector_store
 from rag_assets.reconcile import reconcile_index
 from rag_assets.runs import busy_shards
 from rag_assets.tables import ALL_TABLES, MAINTAINED_TABLES, VECTOR_STORE
-
-@dg.definitions
-def executor_defs() -> dg.Definitions:
-    # The executor of every job that names none, `__ASSET_JOB` included (a backfill or a materialization
-    # launched from the UI): a shard's four steps run one after another in one process, as in
-    # shard_sync_job, instead of four step subprocesses that each import torch. One cost per shard,
-    # however the run was started.
-    return dg.Definitions(executor=dg.in_process_executor)
-
 
 shard_sync_job = dg.define_asset_job(
     "shard_sync_job",
@@ -116,3 +107,32 @@ def maintain(context: dg.OpExecutionContext, iceberg: IcebergResource, retention
 @dg.job(description="Keep table history, files and run history bounded (RAG_SNAPSHOT_RETENTION_HOURS, RAG_ORPHAN_AGE_HOURS, RAG_RUN_RETENTION_DAYS).")
 def maintenance_job():
     maintain()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollback (rag_assets/rollback.py says what goes back and how the sync state is kept consistent).
+
+
+class RollbackConfig(dg.Config):
+    to: str  # ISO 8601 time to go back to; without a zone it is UTC
+
+
+@dg.op(description="Every shard table back to its snapshot as of a time, the index reconciled to them, the sync state made to agree.")
+def rollback(
+    context: dg.OpExecutionContext, config: RollbackConfig, iceberg: IcebergResource, qdrant: QdrantResource,
+    source: SourceResource, model: ModelResource, retention: RetentionResource,
+) -> dict:
+    from rag_assets.rollback import parse_time, roll_back
+
+    report = roll_back(context, parse_time(config.to), iceberg, qdrant, source, model, retention)
+    context.add_output_metadata({"to": report["to"], **report["index"], "tables": dg.MetadataValue.json(report["tables"])})
+    return report
+
+
+@dg.job(description="Roll the tables, the live collection and the sync state back to a time within the snapshot retention window.")
+def rollback_job():
+    rollback()
+
+
+def rollback_run_config(to: str) -> dict:
+    return {"ops": {"rollback": {"config": {"to": to}}}}
