@@ -12,7 +12,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ICEBERG_PREFIX = "RAG_ICEBERG_"
-SECRET_WORDS = ("secret", "password", "token", "credential", "api-key", "session")
+SECRET_WORDS = ("secret", "password", "token", "credential", "api-key", "session", "account-key", "connection-string")
+# Warehouses whose files pyiceberg reaches through fsspec (gcsfs, adlfs): the same libraries and credentials
+# as the source; pyiceberg's default for gs:// would be pyarrow's own GCS client.
+FSSPEC_WAREHOUSES = ("gs://", "abfs://", "abfss://", "az://")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -93,6 +96,8 @@ def iceberg_properties_from_env(home: Path) -> dict[str, str]:
     if "warehouse" not in props and props["type"] == "sql":  # a local warehouse unless one is named
         # Not `as_uri()`: pyiceberg does not %-decode file paths (a space would become a "%20" folder).
         props["warehouse"] = f"file://{home / 'warehouse'}"  # created by `tables.Lakehouse` on first use
+    if props.get("warehouse", "").startswith(FSSPEC_WAREHOUSES):
+        props.setdefault("py-io-impl", "pyiceberg.io.fsspec.FsspecFileIO")
     return props
 
 

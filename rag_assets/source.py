@@ -326,10 +326,128 @@ class S3Source(Source):
             raise OSError(f"s3://{self.bucket}/{key}: {exc}") from exc
 
 
+class ObjectStoreSource(Source):
+    """gs://bucket/prefix (Google Cloud Storage, through gcsfs) and az://container/prefix or
+    abfs[s]://container/prefix (Azure Blob Storage / ADLS Gen2, through adlfs): each first-level "folder"
+    under the prefix is a shard, as with S3.
+
+    A file's version is the store's own: the object generation on GCS (new on every write), the ETag on
+    Azure. A read is guarded against an object rewritten since the listing: after the bytes arrive, the
+    object's current version must still be the listed one, else the read fails "changed since listing"
+    (the version is compared after the read, so a rewrite at any moment before it is caught; one metadata
+    request per object, the same on every store and emulator). Credentials come from each library's usual
+    places: application default credentials or GOOGLE_APPLICATION_CREDENTIALS (a service-account file) for
+    GCS; AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or
+    AZURE_STORAGE_SAS_TOKEN, else DefaultAzureCredential, for Azure. None of them passes through Dagster.
+    """
+
+    read_concurrency = 16  # objects fetched at once, as for S3
+    VERSION_FIELD = {"gs": "generation", "az": "etag", "abfs": "etag", "abfss": "etag"}
+    PROTOCOL = {"gs": "gs", "az": "az", "abfs": "abfs", "abfss": "abfs"}
+
+    def __init__(self, location: str, fs=None):
+        parts = urlsplit(location)
+        if parts.scheme not in self.VERSION_FIELD or not parts.netloc:
+            raise ValueError(f"RAG_SOURCE {location!r}: expected gs://bucket[/prefix] or az://container[/prefix]")
+        self.location = location
+        self.skipped = {}
+        self.scheme, self.bucket = parts.scheme, parts.netloc.split("@")[0]  # abfs://container@account.dfs...
+        self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+        self.version_field = self.VERSION_FIELD[parts.scheme]
+        if fs is None:
+            import fsspec
+
+            account = parts.netloc.split("@")[1].split(".")[0] if "@" in parts.netloc else None
+            fs = fsspec.filesystem(self.PROTOCOL[parts.scheme], **({"account_name": account} if account else {}))
+        self.fs = fs
+
+    def uri(self, path: str) -> str:
+        return f"{self.scheme}://{self.bucket}/{self.prefix}{path}"
+
+    def _key(self, path: str) -> str:
+        return f"{self.bucket}/{self.prefix}{path}"
+
+    def _version(self, info: dict) -> str:
+        return str(info.get(self.version_field) or "").strip('"')
+
+    def _objects(self, under: str) -> Iterator[tuple[str, SourceFile]]:
+        """(shard, file) for every visible object under `under` (relative to the prefix), in key order."""
+        self.fs.invalidate_cache()  # every listing is fresh: the libraries cache directory listings
+        root = f"{self.bucket}/{self.prefix}".rstrip("/")
+        try:
+            found = self.fs.find(f"{root}/{under}".rstrip("/"), detail=True, withdirs=False)
+        except FileNotFoundError:
+            return
+        for name, info in sorted(found.items()):
+            rel = name[len(root) + 1:] if name.startswith(root + "/") else name
+            shard, sep, rest = rel.partition("/")
+            if info.get("type") == "directory" or not sep or not rest or rel.endswith("/") or _hidden(rel):
+                if shard.startswith(".") and sep:
+                    self.skipped[printable(shard)] = "hidden (its name starts with '.')"
+                continue  # objects directly under the prefix belong to no shard; "folder" markers
+            if (bad := bad_name(rel)) is not None:
+                yield shard, SourceFile(rel, 0, "bad_name", bad)
+                continue
+            yield shard, SourceFile(rel, int(info.get("size") or 0), self._version(info))
+
+    def list_shards(self) -> dict[str, ShardListing]:
+        shards: dict[str, ShardListing] = {}
+        self.skipped = {}
+        for shard, f in self._objects(""):
+            if (bad := bad_shard_name(shard)) is not None:
+                self.skipped[printable(shard)] = bad
+            else:
+                shards.setdefault(shard, ShardListing(shard)).files.append(f)
+        return dict(sorted(shards.items()))
+
+    def list_shard(self, shard: str) -> ShardListing:
+        return ShardListing(shard, [f for _, f in self._objects(f"{shard}/")])
+
+    def shard_names(self) -> list[str]:
+        """First-level "folders" that are shards (one delimiter listing); the rest go to `skipped`."""
+        self.fs.invalidate_cache()
+        names, self.skipped = [], {}
+        root = f"{self.bucket}/{self.prefix}".rstrip("/")
+        for entry in self.fs.ls(root, detail=True):
+            if entry.get("type") != "directory":
+                continue
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("."):
+                self.skipped[printable(name)] = "hidden (its name starts with '.')"
+            elif (bad := bad_shard_name(name)) is not None:
+                self.skipped[printable(name)] = bad
+            else:
+                names.append(name)
+        return sorted(names)
+
+    def has_shard(self, shard: str) -> bool:
+        return any(True for _ in self._objects(f"{shard}/"))
+
+    def read_bytes(self, file: SourceFile) -> bytes:
+        key = self._key(file.path)
+        try:
+            data = self.fs.cat_file(key)
+            self.fs.invalidate_cache(key)  # the object's metadata as it is now, not as listed
+            now = self._version(self.fs.info(key))
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.uri(file.path)} vanished since listing") from exc
+        except OSError:
+            raise
+        except Exception as exc:  # the libraries raise their own errors for HTTP failures
+            raise OSError(f"{self.uri(file.path)}: {type(exc).__name__}: {exc}") from exc
+        if now != file.version:
+            raise OSError(f"{self.uri(file.path)} changed since listing ({self.version_field} no longer {file.version})")
+        return data
+
+
 def open_source(location: str) -> Source:
-    """RAG_SOURCE: a local folder (or file://...), or s3://bucket/prefix."""
+    """RAG_SOURCE: a local folder (or file://...), s3://bucket/prefix, gs://bucket/prefix, or
+    az://container/prefix (abfs[s]:// too)."""
     if location.startswith("s3://"):
         return S3Source(location)
+    if location.split("://", 1)[0] in ObjectStoreSource.VERSION_FIELD and "://" in location:
+        return ObjectStoreSource(location)
     if "://" in location and not location.startswith("file://"):
-        raise ValueError(f"RAG_SOURCE {location!r}: supported are a local folder, file://... and s3://bucket/prefix")
+        raise ValueError(f"RAG_SOURCE {location!r}: supported are a local folder, file://..., s3://bucket/prefix, "
+                         "gs://bucket/prefix and az://container/prefix (abfs://); HDFS is not supported")
     return LocalSource(location.removeprefix("file://"))
