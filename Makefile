@@ -22,7 +22,12 @@ $(INFRA_VENV)/.installed: infra/requirements-lint.txt
 	$(INFRA_VENV)/bin/python -m pip install -q -r infra/requirements-lint.txt
 	touch $@
 
-install: $(VENV)/.installed $(INFRA_VENV)/.installed
+# Azurite (the Azure Blob emulator test_azure.py starts) from npm, into .node/.
+AZURITE := .node/node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --prefix .node --no-audit --no-fund --loglevel=error azurite@3.37.0
+
+install: $(VENV)/.installed $(INFRA_VENV)/.installed $(AZURITE)
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)

@@ -358,7 +358,10 @@ class ObjectStoreSource(Source):
             import fsspec
 
             account = parts.netloc.split("@")[1].split(".")[0] if "@" in parts.netloc else None
-            fs = fsspec.filesystem(self.PROTOCOL[parts.scheme], **({"account_name": account} if account else {}))
+            # Not fsspec's cached instance: it would keep credentials and endpoints read from the environment
+            # when the first one was made.
+            fs = fsspec.filesystem(self.PROTOCOL[parts.scheme], skip_instance_cache=True,
+                                   **({"account_name": account} if account else {}))
         self.fs = fs
 
     def uri(self, path: str) -> str:

@@ -188,3 +188,81 @@ def moto_server(monkeypatch):
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # node waits for idle keep-alive connections to close
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+    """gcp-storage-emulator (PyPI) in a subprocess, with buckets `docs` and `lake`; gcsfs (the source, and
+    pyiceberg's FileIO) pointed at it. Yields (a gcsfs filesystem, the emulator's URL)."""
+    port = free_port()
+    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
+    proc = subprocess.Popen([str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc, "gcp-storage-emulator", 30)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs's own switch to an emulator (anonymous)
+    # gcsfs probes a bucket's layout over gRPC (zonal / hierarchical namespace), which the emulator lacks.
+    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(token="anon", project="test", endpoint_url=url, skip_instance_cache=True)
+    for bucket in ("docs", "lake"):
+        fs.mkdir(bucket)
+    yield fs, url
+    stop(proc)
+
+
+AZURITE = Path(__file__).parents[1] / ".node" / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # its well-known key
+
+
+@pytest.fixture
+def azure(monkeypatch, tmp_path):
+    """Azurite's blob service (npm; `make install` puts it into .node/) in a subprocess, with containers
+    `docs` and `lake`; adlfs pointed at it through AZURE_STORAGE_CONNECTION_STRING, where adlfs looks.
+    Yields (an adlfs filesystem, the connection string). Missing Azurite skips, or fails under CI=true."""
+    if not AZURITE.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Azurite is missing ({AZURITE}); `make install` puts it there")
+        pytest.skip("Azurite not installed (`make install`)")
+    port = free_port()
+    proc = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(tmp_path / "azurite"),
+                             "--silent", "--skipApiVersionCheck", "--loose"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc, "Azurite", 60)
+    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    import adlfs
+
+    fs = adlfs.AzureBlobFileSystem(connection_string=connection, skip_instance_cache=True)
+    for container in ("docs", "lake"):
+        fs.mkdir(container)
+    yield fs, connection
+    stop(proc)
+
+
+def upload_folder(fs, folder: Path, root: str) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        fs.pipe_file(f"{root}/{path.relative_to(folder).as_posix()}", path.read_bytes())

@@ -2,11 +2,6 @@
 (PyPI) on loopback, started by the test itself: the same checks as test_s3.py."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,43 +11,7 @@ from rag_assets.cli import main
 from rag_assets.source import ObjectStoreSource, SourceFile, open_source
 from rag_assets.sync import run_sync
 from rag_assets.tables import ALL_TABLES, QUARANTINE, RAW_DOCUMENTS
-from rag_assets_tests.conftest import free_port, make_env, write_bad_inputs, write_corpus
-
-
-@pytest.fixture
-def gcs(monkeypatch):
-    """The emulator in a subprocess; gcsfs (the source, and pyiceberg's FileIO) pointed at it."""
-    port = free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen([str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("gcp-storage-emulator did not start within 30 s")
-            time.sleep(0.2)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs's own switch to an emulator (anonymous)
-    # gcsfs probes a bucket's layout over gRPC (zonal / hierarchical namespace), which the emulator lacks.
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    import gcsfs
-
-    fs = gcsfs.GCSFileSystem(token="anon", project="test", endpoint_url=url)
-    for bucket in ("docs", "lake"):
-        fs.mkdir(bucket)
-    yield fs, url
-    proc.terminate()
-    proc.wait(10)
-
-
-def upload_folder(fs, folder: Path, root: str) -> None:
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        fs.pipe_file(f"{root}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+from rag_assets_tests.conftest import make_env, upload_folder, write_bad_inputs, write_corpus
 
 
 def test_listing_uses_generations_and_guards_reads(gcs, tmp_path):

@@ -91,3 +91,32 @@ def test_the_qdrant_api_key_outside_a_run_is_the_secret_itself(monkeypatch, tmp_
         warnings.simplefilter("ignore")  # qdrant-client warns that an API key over plain http is insecure
         for index in (build_resources()["qdrant"].index(), Searcher(Settings.from_env()).index):
             assert index.client._client._init_options["api_key"] == "s3cret-key"
+
+
+def test_azure_keys_reach_neither_runs_nor_events_nor_tables(azure, tmp_path, monkeypatch, capfd):
+    """The account key inside an Azure connection string (source and warehouse) stays in the environment."""
+    from rag_assets.definitions import defs
+    from rag_assets_tests.conftest import AZURITE_KEY, upload_folder
+
+    fs, connection = azure
+    env = make_env(tmp_path, monkeypatch, RAG_SOURCE="az://docs/corpus", RAG_ICEBERG_WAREHOUSE="abfs://lake/warehouse",
+                   RAG_ICEBERG_ADLS__CONNECTION_STRING=connection)
+    write_corpus(tmp_path / "corpus")
+    upload_folder(fs, tmp_path / "corpus", "docs/corpus")
+    instance = env.instance()
+    assert run_sync(instance, env.resources()).as_json()["totals"]["failed"] == 0
+    assert env.resources()["iceberg"].secret_env == {"adls.connection-string": "RAG_ICEBERG_ADLS__CONNECTION_STRING"}
+
+    texts = {"code location snapshot": serialize_value(RepositorySnap.from_def(defs().get_repository_def()))}
+    for run in instance.get_runs():
+        texts[f"run {run.run_id}"] = serialize_value(run)
+        texts[f"events of {run.run_id}"] = "\n".join(serialize_value(e) for e in instance.all_logs(run.run_id))
+    lake = env.resources()["iceberg"].lakehouse()
+    texts["table rows"] = json.dumps({spec.name: lake.table(spec).scan().to_arrow().drop_columns(
+        ["vector"] if spec.name == "embeddings" else []).to_pylist() for spec in ALL_TABLES}, default=str)
+    for home in (env.home, env.dagster_home):
+        for path in (p for p in home.rglob("*") if p.is_file()):
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    out, err = capfd.readouterr()
+    texts["stdout/stderr"] = out + err
+    assert [where for where, text in texts.items() if AZURITE_KEY in text] == []
