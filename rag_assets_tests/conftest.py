@@ -6,16 +6,16 @@ import gzip
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from rag_assets_tests.emulators import (  # noqa: F401 - free_port and AZURITE_KEY are used by tests
+    AZURITE, AZURITE_KEY, Emulator, azure_filesystem, free_port, gcs_filesystem, start_azurite, start_gcs, start_moto,
+)
 
 TOPICS = {
     "alpha": {
@@ -158,109 +158,51 @@ def postgres_db(monkeypatch: pytest.MonkeyPatch) -> str:
     admin.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def moto_server(monkeypatch):
     """moto's AWS server (S3, ECS, Glue, ...) in a subprocess on loopback; boto3 and pyarrow are pointed
     at it through AWS_ENDPOINT_URL and dummy credentials."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start within 30 s")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    yield from _serving(start_moto(), monkeypatch, lambda e: e.url)
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
-            time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _serving(emulator: Emulator, monkeypatch, value):
+    """Yield `value(emulator)` with the emulator's environment set; stop it afterwards."""
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:  # node waits for idle keep-alive connections to close
-        proc.kill()
-        proc.wait(10)
+        for key, val in emulator.env.items():
+            monkeypatch.setenv(key, val)
+        yield value(emulator)
+    finally:
+        emulator.stop()
 
 
 @pytest.fixture
 def gcs(monkeypatch):
-    """gcp-storage-emulator (PyPI) in a subprocess, with buckets `docs` and `lake`; gcsfs (the source, and
-    pyiceberg's FileIO) pointed at it. Yields (a gcsfs filesystem, the emulator's URL)."""
-    port = free_port()
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
-    proc = subprocess.Popen([str(emulator), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, proc, "gcp-storage-emulator", 30)
-    url = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs's own switch to an emulator (anonymous)
-    # gcsfs probes a bucket's layout over gRPC (zonal / hierarchical namespace), which the emulator lacks.
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    import gcsfs
+    """gcp-storage-emulator with buckets `docs` and `lake`; yields (a gcsfs filesystem, the emulator's URL)."""
+    def ready(emulator):
+        fs = gcs_filesystem(emulator)
+        for bucket in ("docs", "lake"):
+            fs.mkdir(bucket)
+        return fs, emulator.url
 
-    fs = gcsfs.GCSFileSystem(token="anon", project="test", endpoint_url=url, skip_instance_cache=True)
-    for bucket in ("docs", "lake"):
-        fs.mkdir(bucket)
-    yield fs, url
-    stop(proc)
-
-
-AZURITE = Path(__file__).parents[1] / ".node" / "node_modules" / ".bin" / "azurite-blob"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # its well-known key
+    yield from _serving(start_gcs(), monkeypatch, ready)
 
 
 @pytest.fixture
 def azure(monkeypatch, tmp_path):
-    """Azurite's blob service (npm; `make install` puts it into .node/) in a subprocess, with containers
-    `docs` and `lake`; adlfs pointed at it through AZURE_STORAGE_CONNECTION_STRING, where adlfs looks.
-    Yields (an adlfs filesystem, the connection string). Missing Azurite skips, or fails under CI=true."""
+    """Azurite's blob service with containers `docs` and `lake`; yields (an adlfs filesystem, the connection
+    string). Without Azurite (`make install`) the test is skipped, or fails under CI=true."""
     if not AZURITE.exists():
         if os.environ.get("CI") == "true":
             pytest.fail(f"Azurite is missing ({AZURITE}); `make install` puts it there")
         pytest.skip("Azurite not installed (`make install`)")
-    port = free_port()
-    proc = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(tmp_path / "azurite"),
-                             "--silent", "--skipApiVersionCheck", "--loose"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(port, proc, "Azurite", 60)
-    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
-    import adlfs
 
-    fs = adlfs.AzureBlobFileSystem(connection_string=connection, skip_instance_cache=True)
-    for container in ("docs", "lake"):
-        fs.mkdir(container)
-    yield fs, connection
-    stop(proc)
+    def ready(emulator):
+        fs = azure_filesystem(emulator)
+        for container in ("docs", "lake"):
+            fs.mkdir(container)
+        return fs, emulator.env["AZURE_STORAGE_CONNECTION_STRING"]
+
+    yield from _serving(start_azurite(tmp_path / "azurite"), monkeypatch, ready)
 
 
 def upload_folder(fs, folder: Path, root: str) -> None:
