@@ -96,14 +96,23 @@ def upload(store: str, files: dict[str, bytes], tmp: Path):
         client = boto3.client("s3")
         client.create_bucket(Bucket="docs")
         put = lambda item: client.put_object(Bucket="docs", Key=f"corpus/{item[0]}", Body=item[1])  # noqa: E731
-    else:
-        emulator = emulators.start_gcs() if store == "gs" else emulators.start_azurite(tmp / "azurite")
+    elif store == "gs":  # loaded into the emulator before it serves: its uploads cost O(objects) each
+        import json
+
+        spec = tmp / "gcs-objects.json"
+        spec.write_text(json.dumps({"bucket": "docs", "objects": {f"corpus/{k}": v.decode() for k, v in files.items()}}))
+        emulator = emulators.start_gcs(preload=spec)
         os.environ.update(emulator.env)
-        fs = emulators.gcs_filesystem(emulator) if store == "gs" else emulators.azure_filesystem(emulator)
+        put = None
+    else:
+        emulator = emulators.start_azurite(tmp / "azurite")
+        os.environ.update(emulator.env)
+        fs = emulators.azure_filesystem(emulator)
         fs.mkdir("docs")
         put = lambda item: fs.pipe_file(f"docs/corpus/{item[0]}", item[1])  # noqa: E731
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, files.items()))
+    if put:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, files.items()))
     os.environ["RAG_SOURCE"] = f"{store}://docs/corpus"
     return emulator
 

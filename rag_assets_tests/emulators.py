@@ -58,10 +58,16 @@ def start_moto() -> Emulator:
                                 "AWS_DEFAULT_REGION": "us-east-1"})
 
 
-def start_gcs() -> Emulator:
+def start_gcs(preload: Path | None = None) -> Emulator:
+    """`preload`: a JSON file {"bucket": ..., "objects": {name: text}} put into the emulator before it serves
+    (benchmarks: it rewrites its whole object index on every upload, so 10,000 uploads take ~half an hour)."""
     port = free_port()
-    emulator = str(Path(sys.executable).with_name("gcp-storage-emulator"))
-    proc = _started([emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"], port, "gcp-storage-emulator", 30)
+    if preload is None:
+        emulator = str(Path(sys.executable).with_name("gcp-storage-emulator"))
+        args = [emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    else:
+        args = [sys.executable, "-m", "rag_assets_tests.emulators", "gcs-preloaded", str(port), str(preload)]
+    proc = _started(args, port, "gcp-storage-emulator", 120)
     url = f"http://127.0.0.1:{port}"
     # STORAGE_EMULATOR_HOST: gcsfs's own switch to an emulator (anonymous). gcsfs also probes a bucket's
     # layout over gRPC (zonal / hierarchical namespace), which the emulator lacks.
@@ -87,3 +93,32 @@ def azure_filesystem(emulator: Emulator):
     import adlfs
 
     return adlfs.AzureBlobFileSystem(connection_string=emulator.env["AZURE_STORAGE_CONNECTION_STRING"], skip_instance_cache=True)
+
+
+def _serve_gcs_preloaded(port: int, spec: Path) -> None:
+    """The emulator, in this process, with the objects of `spec` stored through its own storage layer."""
+    import base64
+    import hashlib
+    import json
+
+    from gcp_storage_emulator.handlers.objects import _make_object_resource
+    from gcp_storage_emulator.server import create_server
+
+    wanted = json.loads(spec.read_text())
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=wanted["bucket"])
+    storage = server._storage
+    save = storage._write_config_to_file
+    storage._write_config_to_file = lambda: None  # once at the end, not once per object
+    for name, text in wanted["objects"].items():
+        body = text.encode()
+        obj = _make_object_resource(f"http://127.0.0.1:{port}", wanted["bucket"], name, "text/markdown", len(body))
+        obj["md5Hash"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+        storage.create_file(wanted["bucket"], name, body, obj)
+    storage._write_config_to_file = save
+    save()
+    server.run()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["gcs-preloaded"]:
+        _serve_gcs_preloaded(int(sys.argv[2]), Path(sys.argv[3]))
