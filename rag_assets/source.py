@@ -8,6 +8,7 @@ reads file contents.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import itertools
 import os
@@ -351,21 +352,15 @@ class ObjectStoreSource(Source):
             raise ValueError(f"RAG_SOURCE {location!r}: expected gs://bucket[/prefix] or az://container[/prefix]")
         self.location = location
         self.skipped = {}
-        self.scheme, self.bucket = parts.scheme, parts.netloc.split("@")[0]  # abfs://container@account.dfs...
+        self.scheme, self.authority = parts.scheme, parts.netloc
+        self.bucket = parts.netloc.split("@")[0]  # abfs://container@account.dfs.core.windows.net/...
         self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
         self.version_field = self.VERSION_FIELD[parts.scheme]
-        if fs is None:
-            import fsspec
-
-            account = parts.netloc.split("@")[1].split(".")[0] if "@" in parts.netloc else None
-            # Not fsspec's cached instance: it would keep credentials and endpoints read from the environment
-            # when the first one was made.
-            fs = fsspec.filesystem(self.PROTOCOL[parts.scheme], skip_instance_cache=True,
-                                   **({"account_name": account} if account else {}))
-        self.fs = fs
+        account = parts.netloc.split("@")[1].split(".")[0] if "@" in parts.netloc else ""
+        self.fs = fs or _filesystem(self.PROTOCOL[parts.scheme], account, _credential_env())
 
     def uri(self, path: str) -> str:
-        return f"{self.scheme}://{self.bucket}/{self.prefix}{path}"
+        return f"{self.scheme}://{self.authority}/{self.prefix}{path}"
 
     def _key(self, path: str) -> str:
         return f"{self.bucket}/{self.prefix}{path}"
@@ -441,6 +436,24 @@ class ObjectStoreSource(Source):
         if now != file.version:
             raise OSError(f"{self.uri(file.path)} changed since listing ({self.version_field} no longer {file.version})")
         return data
+
+
+CREDENTIAL_ENV = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
+                  "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN")
+
+
+def _credential_env() -> tuple[str, ...]:
+    return tuple(os.environ.get(name, "") for name in CREDENTIAL_ENV)
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(protocol: str, account: str, credential_env: tuple[str, ...]):
+    """One gcsfs / adlfs filesystem per process and setting: finding credentials (google-auth asks the
+    metadata server) costs seconds, too much for every sensor tick. Keyed by the variables the libraries
+    read, so a changed credential or endpoint gets a new one (fsspec's own instance cache would not)."""
+    import fsspec
+
+    return fsspec.filesystem(protocol, skip_instance_cache=True, **({"account_name": account} if account else {}))
 
 
 def open_source(location: str) -> Source:

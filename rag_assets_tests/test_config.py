@@ -52,3 +52,30 @@ def test_a_password_in_the_catalog_uri_is_read_only_where_the_catalog_opens(tmp_
     monkeypatch.delenv("RAG_ICEBERG_URI")  # e.g. a run worker started without the secret
     with pytest.raises(RuntimeError, match="RAG_ICEBERG_URI"):
         resource.lakehouse()
+
+
+def test_gcs_and_azure_warehouses_use_fsspec_and_keep_their_keys_as_variables(tmp_path, monkeypatch):
+    props, secrets = iceberg(
+        tmp_path / "azure", monkeypatch, RAG_ICEBERG_WAREHOUSE="abfs://lake@acct.dfs.core.windows.net/warehouse",
+        RAG_ICEBERG_ADLS__ACCOUNT_NAME="acct", RAG_ICEBERG_ADLS__ACCOUNT_KEY="a2V5", RAG_ICEBERG_ADLS__SAS_TOKEN="sv=2024",
+        RAG_ICEBERG_ADLS__CONNECTION_STRING="AccountKey=a2V5", RAG_ICEBERG_ADLS__CLIENT_SECRET="s3cr3t",
+    )
+    assert props["py-io-impl"] == "pyiceberg.io.fsspec.FsspecFileIO" and props["adls.account-name"] == "acct"
+    assert set(secrets) == {"adls.account-key", "adls.sas-token", "adls.connection-string", "adls.client-secret"}
+    props, secrets = iceberg(tmp_path / "gcs", monkeypatch, RAG_ICEBERG_WAREHOUSE="gs://lake/warehouse", RAG_ICEBERG_GCS__TOKEN="ya29.x")
+    assert props["py-io-impl"] == "pyiceberg.io.fsspec.FsspecFileIO" and secrets == {"gcs.token": "RAG_ICEBERG_GCS__TOKEN"}
+    props, _ = iceberg(tmp_path / "s3", monkeypatch, RAG_ICEBERG_WAREHOUSE="s3://lake/warehouse")
+    assert "py-io-impl" not in props  # S3 keeps pyiceberg's own choice (pyarrow)
+
+
+def test_sources_by_scheme_and_hdfs_is_refused(tmp_path):
+    from rag_assets.source import ObjectStoreSource, open_source
+
+    assert ObjectStoreSource("gs://bucket/p", fs=object()).version_field == "generation"
+    azure = ObjectStoreSource("abfss://container@acct.dfs.core.windows.net/docs", fs=object())
+    assert (azure.bucket, azure.prefix, azure.version_field) == ("container", "docs/", "etag")
+    assert azure.uri("s/a.md") == "abfss://container@acct.dfs.core.windows.net/docs/s/a.md"
+    with pytest.raises(ValueError, match="expected gs://bucket"):
+        ObjectStoreSource("gs://", fs=object())
+    with pytest.raises(ValueError, match="HDFS is not supported"):
+        open_source("hdfs://namenode/docs")
