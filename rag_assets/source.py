@@ -235,15 +235,69 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-class S3Source(Source):
-    """s3://bucket/prefix: each first-level "folder" under the prefix is a shard.
+class ObjectStore(Source):
+    """What the object-store sources share: each first-level "folder" under the prefix is a shard; objects
+    directly under the prefix, "folder" markers and hidden keys (`.*` anywhere) are skipped; a hidden or
+    unusable first-level name is reported in `skipped`. A subclass lists and reads."""
+
+    read_concurrency = 16  # objects fetched at once: per-request latency, not bandwidth, bounds reads
+    prefix: str  # "" or "some/prefix/"
+
+    def _listed(self, under: str) -> Iterator[tuple[str, int, str]]:  # pragma: no cover - interface
+        """(key relative to the prefix, size, version) of every object under `under`, in key order;
+        a key ending in "/" is a folder marker."""
+        raise NotImplementedError
+
+    def _top_level(self) -> Iterator[str]:  # pragma: no cover - interface
+        """The first-level "folder" names under the prefix (one delimiter listing)."""
+        raise NotImplementedError
+
+    def _objects(self, under: str) -> Iterator[tuple[str, SourceFile]]:
+        """(shard, file) for every visible object under `under`, in key order."""
+        for rel, size, version in self._listed(under):
+            shard, sep, rest = rel.partition("/")
+            if not sep or not rest or rel.endswith("/") or _hidden(rel):
+                if shard.startswith(".") and sep:
+                    self.skipped[printable(shard)] = "hidden (its name starts with '.')"
+                continue  # objects directly under the prefix belong to no shard; "folder" markers
+            if (bad := bad_name(rel)) is not None:
+                yield shard, SourceFile(rel, 0, "bad_name", bad)
+                continue
+            yield shard, SourceFile(rel, size, version)
+
+    def list_shards(self) -> dict[str, ShardListing]:
+        shards: dict[str, ShardListing] = {}
+        self.skipped = {}
+        for shard, f in self._objects(""):
+            if (bad := bad_shard_name(shard)) is not None:
+                self.skipped[printable(shard)] = bad
+            else:
+                shards.setdefault(shard, ShardListing(shard)).files.append(f)
+        return dict(sorted(shards.items()))
+
+    def list_shard(self, shard: str) -> ShardListing:
+        return ShardListing(shard, [f for _, f in self._objects(f"{shard}/")])
+
+    def shard_names(self) -> list[str]:
+        """First-level prefixes that are shards, from a delimiter listing (no object listed); the rest go to `skipped`."""
+        names, self.skipped = [], {}
+        for name in self._top_level():
+            if name.startswith("."):
+                self.skipped[printable(name)] = "hidden (its name starts with '.')"
+            elif (bad := bad_shard_name(name)) is not None:
+                self.skipped[printable(name)] = bad
+            else:
+                names.append(name)
+        return sorted(names)
+
+
+class S3Source(ObjectStore):
+    """s3://bucket/prefix, through boto3.
 
     Listing is `ListObjectsV2` only (1,000 keys per request); a file's version is its ETag, which
     changes whenever the object is rewritten with other bytes. Credentials and endpoint come from
     boto3's usual chain (IAM role, AWS_* variables; AWS_ENDPOINT_URL_S3 for S3-compatible servers).
     """
-
-    read_concurrency = 16  # objects fetched at once: per-request latency, not bandwidth, bounds S3 reads
 
     def __init__(self, location: str, client=None):
         parts = urlsplit(location)
@@ -263,48 +317,15 @@ class S3Source(Source):
     def uri(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{path}"
 
-    def _objects(self, prefix: str) -> Iterator[tuple[str, SourceFile]]:
-        """(shard, file) for every visible object under `prefix`, in key order."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        for page in pages:
+    def _listed(self, under: str) -> Iterator[tuple[str, int, str]]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + under):
             for obj in page.get("Contents", []):
-                rel = obj["Key"][len(self.prefix):]
-                shard, sep, rest = rel.partition("/")
-                if not sep or not rest or rel.endswith("/") or _hidden(rel):
-                    if shard.startswith(".") and sep:
-                        self.skipped[printable(shard)] = "hidden (its name starts with '.')"
-                    continue  # objects directly under the prefix belong to no shard; "folder" markers
-                if (bad := bad_name(rel)) is not None:
-                    yield shard, SourceFile(rel, 0, "bad_name", bad)
-                    continue
-                yield shard, SourceFile(rel, obj["Size"], obj["ETag"].strip('"'))
+                yield obj["Key"][len(self.prefix):], obj["Size"], obj["ETag"].strip('"')
 
-    def list_shards(self) -> dict[str, ShardListing]:
-        shards: dict[str, ShardListing] = {}
-        self.skipped = {}
-        for shard, f in self._objects(self.prefix):
-            if (bad := bad_shard_name(shard)) is not None:
-                self.skipped[printable(shard)] = bad
-            else:
-                shards.setdefault(shard, ShardListing(shard)).files.append(f)
-        return dict(sorted(shards.items()))
-
-    def list_shard(self, shard: str) -> ShardListing:
-        return ShardListing(shard, [f for _, f in self._objects(f"{self.prefix}{shard}/")])
-
-    def shard_names(self) -> list[str]:
-        """First-level prefixes that are shards, from a delimiter listing (no object listed); the rest go to `skipped`."""
-        names, self.skipped = [], {}
+    def _top_level(self) -> Iterator[str]:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                name = common["Prefix"][len(self.prefix):].rstrip("/")
-                if name.startswith("."):
-                    self.skipped[printable(name)] = "hidden (its name starts with '.')"
-                elif (bad := bad_shard_name(name)) is not None:
-                    self.skipped[printable(name)] = bad
-                else:
-                    names.append(name)
-        return sorted(names)
+                yield common["Prefix"][len(self.prefix):].rstrip("/")
 
     def has_shard(self, shard: str) -> bool:
         return bool(self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{shard}/", MaxKeys=1).get("KeyCount"))
@@ -327,10 +348,9 @@ class S3Source(Source):
             raise OSError(f"s3://{self.bucket}/{key}: {exc}") from exc
 
 
-class ObjectStoreSource(Source):
+class ObjectStoreSource(ObjectStore):
     """gs://bucket/prefix (Google Cloud Storage, through gcsfs) and az://container/prefix or
-    abfs[s]://container/prefix (Azure Blob Storage / ADLS Gen2, through adlfs): each first-level "folder"
-    under the prefix is a shard, as with S3.
+    abfs[s]://container/prefix (Azure Blob Storage / ADLS Gen2, through adlfs).
 
     A file's version is the store's own: the object generation on GCS (new on every write), the ETag on
     Azure. A read is guarded against an object rewritten since the listing: after the bytes arrive, the
@@ -342,7 +362,6 @@ class ObjectStoreSource(Source):
     AZURE_STORAGE_SAS_TOKEN, else DefaultAzureCredential, for Azure. None of them passes through Dagster.
     """
 
-    read_concurrency = 16  # objects fetched at once, as for S3
     VERSION_FIELD = {"gs": "generation", "az": "etag", "abfs": "etag", "abfss": "etag"}
     PROTOCOL = {"gs": "gs", "az": "az", "abfs": "abfs", "abfss": "abfs"}
 
@@ -362,67 +381,34 @@ class ObjectStoreSource(Source):
     def uri(self, path: str) -> str:
         return f"{self.scheme}://{self.authority}/{self.prefix}{path}"
 
-    def _key(self, path: str) -> str:
-        return f"{self.bucket}/{self.prefix}{path}"
+    @property
+    def _root(self) -> str:
+        return f"{self.bucket}/{self.prefix}".rstrip("/")
 
     def _version(self, info: dict) -> str:
         return str(info.get(self.version_field) or "").strip('"')
 
-    def _objects(self, under: str) -> Iterator[tuple[str, SourceFile]]:
-        """(shard, file) for every visible object under `under` (relative to the prefix), in key order."""
+    def _listed(self, under: str) -> Iterator[tuple[str, int, str]]:
         self.fs.invalidate_cache()  # every listing is fresh: the libraries cache directory listings
-        root = f"{self.bucket}/{self.prefix}".rstrip("/")
         try:
-            found = self.fs.find(f"{root}/{under}".rstrip("/"), detail=True, withdirs=False)
+            found = self.fs.find(f"{self._root}/{under}".rstrip("/"), detail=True, withdirs=False)
         except FileNotFoundError:
             return
         for name, info in sorted(found.items()):
-            rel = name[len(root) + 1:] if name.startswith(root + "/") else name
-            shard, sep, rest = rel.partition("/")
-            if info.get("type") == "directory" or not sep or not rest or rel.endswith("/") or _hidden(rel):
-                if shard.startswith(".") and sep:
-                    self.skipped[printable(shard)] = "hidden (its name starts with '.')"
-                continue  # objects directly under the prefix belong to no shard; "folder" markers
-            if (bad := bad_name(rel)) is not None:
-                yield shard, SourceFile(rel, 0, "bad_name", bad)
-                continue
-            yield shard, SourceFile(rel, int(info.get("size") or 0), self._version(info))
+            if info.get("type") != "directory":
+                yield name[len(self._root) + 1:], int(info.get("size") or 0), self._version(info)
 
-    def list_shards(self) -> dict[str, ShardListing]:
-        shards: dict[str, ShardListing] = {}
-        self.skipped = {}
-        for shard, f in self._objects(""):
-            if (bad := bad_shard_name(shard)) is not None:
-                self.skipped[printable(shard)] = bad
-            else:
-                shards.setdefault(shard, ShardListing(shard)).files.append(f)
-        return dict(sorted(shards.items()))
-
-    def list_shard(self, shard: str) -> ShardListing:
-        return ShardListing(shard, [f for _, f in self._objects(f"{shard}/")])
-
-    def shard_names(self) -> list[str]:
-        """First-level "folders" that are shards (one delimiter listing); the rest go to `skipped`."""
+    def _top_level(self) -> Iterator[str]:
         self.fs.invalidate_cache()
-        names, self.skipped = [], {}
-        root = f"{self.bucket}/{self.prefix}".rstrip("/")
-        for entry in self.fs.ls(root, detail=True):
-            if entry.get("type") != "directory":
-                continue
-            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("."):
-                self.skipped[printable(name)] = "hidden (its name starts with '.')"
-            elif (bad := bad_shard_name(name)) is not None:
-                self.skipped[printable(name)] = bad
-            else:
-                names.append(name)
-        return sorted(names)
+        for entry in self.fs.ls(self._root, detail=True):
+            if entry.get("type") == "directory":
+                yield entry["name"].rstrip("/").rsplit("/", 1)[-1]
 
     def has_shard(self, shard: str) -> bool:
         return any(True for _ in self._objects(f"{shard}/"))
 
     def read_bytes(self, file: SourceFile) -> bytes:
-        key = self._key(file.path)
+        key = f"{self._root}/{file.path}"
         try:
             data = self.fs.cat_file(key)
             self.fs.invalidate_cache(key)  # the object's metadata as it is now, not as listed
