@@ -23,27 +23,26 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value or default
 
 
-def _env_int(name: str, default: int, minimum: int | None = None) -> int:
+def _env_number(name: str, default, parse, what: str):
+    """The variable parsed by `parse` (int, float), or `default` when unset; a clear error naming it."""
     raw = _env(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _env_int(name: str, default: int, minimum: int | None = None) -> int:
+    value = _env_number(name, default, int, "an integer")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
 def _env_fraction(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number between 0 and 1, got {raw!r}") from exc
+    value = _env_number(name, default, float, "a number between 0 and 1")
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be between 0 and 1, got {value}")
     return value
