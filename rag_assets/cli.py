@@ -69,7 +69,7 @@ def sync(as_json: bool, allow_deletes: bool) -> None:
     report = _sync(settings, quiet=as_json, allow_deletes=allow_deletes)
     data = report.as_json()
     if settings.eval_after_sync and _index_changed(data):  # a quality datapoint for every change of the index
-        data["eval"] = _eval(settings, origin="after-sync")
+        data["eval"] = _eval_after_sync(settings)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:
@@ -113,8 +113,10 @@ class _SyncBars:
         self.tqdm, self.disable = tqdm, disable
         self.shards = tqdm(desc="sync", unit="shard", total=0, disable=disable, file=sys.stderr, dynamic_ncols=True)
         self.chunks = None
+        self.to_run: set[str] = set()
 
     def planned(self, to_run) -> None:
+        self.to_run = {p.shard for p in to_run}
         self.shards.total = len(to_run)
         self.shards.set_postfix_str("nothing changed" if not to_run else f"{len(to_run)} shards to run", refresh=True)
 
@@ -130,7 +132,7 @@ class _SyncBars:
 
     def finished(self, plan, row) -> None:
         self._close_chunks()
-        if plan.status != "unchanged" and row["status"] != "busy":
+        if plan.shard in self.to_run:
             self.shards.set_postfix_str(f"{plan.shard}: {row['status']}", refresh=False)
             self.shards.update(1)
 
@@ -164,6 +166,14 @@ def _eval(settings: Settings, collection: str = "", origin: str = "cli") -> dict
     return eval_report(result)
 
 
+def _eval_after_sync(settings: Settings) -> dict:
+    """The evaluation after a sync; its failure is reported in the sync's output, not instead of it."""
+    try:
+        return _eval(settings, origin="after-sync")
+    except click.ClickException as exc:
+        return {"error": exc.message}
+
+
 def _print_sync(data: dict) -> None:
     cols = ("status", "documents", "chunks", "embedded", "reused", "upserted", "deleted", "quarantined", "seconds")
     click.echo(f"{'shard':<24}" + "".join(f"{c:>12}" for c in cols))
@@ -176,7 +186,10 @@ def _print_sync(data: dict) -> None:
     t = data["totals"]
     click.echo(f"{'total':<24}{'':>12}" + "".join(f"{t[c]:>12}" for c in cols[1:]))
     if "eval" in data:
-        _print_eval(data["eval"])
+        if "error" in data["eval"]:
+            click.echo(f"retrieval evaluation: {data['eval']['error']}", err=True)
+        else:
+            _print_eval(data["eval"])
 
 
 def _print_eval(report: dict) -> None:
@@ -405,7 +418,7 @@ def demo(query: str) -> None:
     click.echo(f"demo source: {settings.source} ({created} documents in {len(list(Path(settings.source).iterdir()))} shards)")
     data = _sync(settings, quiet=False).as_json()
     if settings.eval_after_sync and _index_changed(data):
-        data["eval"] = _eval(settings, origin="after-sync")
+        data["eval"] = _eval_after_sync(settings)
     _print_sync(data)
     click.echo(f"\nsearch: {query}")
     for i, h in enumerate(_search(settings, query, 3, None), 1):

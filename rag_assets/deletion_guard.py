@@ -100,9 +100,10 @@ def held_shards(instance: dg.DagsterInstance, plans, known: int, max_fraction: f
     changed shards still held for the listing they have now, and every removed shard when too many are."""
     if allowed:
         return {}
-    recorded = holds(instance, [p.shard for p in plans if p.status == "changed"])
+    # "new" too: a shard whose first sync failed after raw_documents has rows but no synced record yet.
+    recorded = holds(instance, [p.shard for p in plans if p.status in ("new", "changed")])
     held = {p.shard: recorded[p.shard].reason for p in plans
-            if p.status == "changed" and p.shard in recorded and recorded[p.shard].fingerprint == p.fingerprint}
+            if p.status in ("new", "changed") and p.shard in recorded and recorded[p.shard].fingerprint == p.fingerprint}
     removed = [p.shard for p in plans if p.status == "removed"]
     if reason := removal_hold_reason(len(removed), known, max_fraction):
         held.update(dict.fromkeys(removed, reason))

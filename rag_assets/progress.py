@@ -8,6 +8,7 @@ it. A run in another process (the daemon's) has no listener, and its progress is
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,11 +22,15 @@ class Progress:
 
 
 _listeners: list[Callable[[Progress], None]] = []
+log = logging.getLogger(__name__)
 
 
 def report(shard: str, step: str, done: int = 0, total: int = 0) -> None:
     for listener in list(_listeners):
-        listener(Progress(shard, step, done, total))
+        try:
+            listener(Progress(shard, step, done, total))
+        except Exception:  # a progress bar that cannot draw (a closed stderr) must not fail the shard's step
+            log.debug("progress listener failed", exc_info=True)
 
 
 @contextlib.contextmanager

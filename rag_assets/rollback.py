@@ -29,7 +29,7 @@ from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.shard_state import (
     ABSENT_FINGERPRINT, CHUNKER, COLLECTION, FINGERPRINT, MODEL, RAW_DOCUMENTS_KEY, ROLLED_BACK, VECTOR_INDEX_KEY,
 )
-from rag_assets.tables import ALL_TABLES, RAW_DOCUMENTS, VECTOR_INDEX, Lakehouse, transaction
+from rag_assets.tables import ALL_TABLES, QUARANTINE, VECTOR_INDEX, Lakehouse, transaction
 
 
 class OutsideWindow(ValueError):
@@ -64,9 +64,10 @@ def targets(lake: Lakehouse, to: dt.datetime, retention: dt.timedelta, now: dt.d
             out[spec.name] = Target(snapshot.snapshot_id, _utc(snapshot.timestamp_ms))
             continue
         # No snapshot then: the table was empty, or its history was expired (an expiry leaves no trace in the
-        # table itself). Every run writes raw_documents, and maintenance expires all tables alike, so a sync
-        # recorded before `to` without a raw_documents snapshot then means the history is gone.
-        if spec is RAW_DOCUMENTS and synced_before:
+        # table itself). After a sync recorded before `to`, every table but the quarantine held rows then, so
+        # the history is gone: refuse rather than empty it. (A quarantine with no snapshot then is taken as
+        # empty: its rows are rebuilt by the next read of the shard.)
+        if spec is not QUARANTINE and synced_before:
             oldest = min((e.timestamp_ms for e in table.history()), default=None)
             raise OutsideWindow(f"rollback to {to.isoformat()}: table {lake.identifier(spec)} keeps history back to "
                                 f"{_utc(oldest).isoformat() if oldest else 'nothing'} only (older snapshots were expired)")

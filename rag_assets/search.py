@@ -46,5 +46,7 @@ class Searcher:
     def health(self) -> dict:
         """What a load balancer asks: the collection answers, with how many points, and the model."""
         with self.index.session() as session:
+            if not session.exists():
+                raise LookupError(f"collection {self.index.collection!r} does not exist (nothing synced into it yet?)")
             points = session.count()
         return {"status": "ok", "collection": self.index.collection, "points": points, "model": self.embedder.info.key}

@@ -49,6 +49,9 @@ def test_eval_measures_the_collection_keeps_its_queries_and_fails_on_a_drop(rag_
     assert checks[0].event.dagster_event.event_specific_data.passed is False
     # The accepted value stays the last good one: the next evaluation still fails.
     assert eval_json()[0] == 1
+    # A collection that does not exist is an error, not a recall of 0 that passes as a first evaluation.
+    result = CliRunner().invoke(main, ["eval", "--collection", "no_such_collection"])
+    assert result.exit_code == 1 and "collection 'no_such_collection' does not exist" in result.output
 
 
 def test_queries_from_a_file(rag_env, monkeypatch, tmp_path):
