@@ -13,9 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rag_assets_tests.emulators import (  # noqa: F401 - free_port and AZURITE_KEY are used by tests
-    AZURITE, AZURITE_KEY, Emulator, azure_filesystem, free_port, gcs_filesystem, start_azurite, start_gcs, start_moto,
-)
+from rag_assets_tests.emulators import AZURITE, Emulator, azure_filesystem, gcs_filesystem, start_azurite, start_gcs, start_moto
 
 TOPICS = {
     "alpha": {

@@ -96,7 +96,8 @@ def test_the_qdrant_api_key_outside_a_run_is_the_secret_itself(monkeypatch, tmp_
 def test_azure_keys_reach_neither_runs_nor_events_nor_tables(azure, tmp_path, monkeypatch, capfd):
     """The account key inside an Azure connection string (source and warehouse) stays in the environment."""
     from rag_assets.definitions import defs
-    from rag_assets_tests.conftest import AZURITE_KEY, upload_folder
+    from rag_assets_tests.conftest import upload_folder
+    from rag_assets_tests.emulators import AZURITE_KEY
 
     fs, connection = azure
     env = make_env(tmp_path, monkeypatch, RAG_SOURCE="az://docs/corpus", RAG_ICEBERG_WAREHOUSE="abfs://lake/warehouse",

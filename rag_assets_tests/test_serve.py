@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from rag_assets.sync import run_sync
-from rag_assets_tests.conftest import free_port, make_env, write_corpus
+from rag_assets_tests.conftest import make_env, write_corpus
+from rag_assets_tests.emulators import free_port
 
 CLI = str(Path(sys.executable).with_name("rag-assets"))
 

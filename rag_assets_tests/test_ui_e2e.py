@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from rag_assets.defs.assets import SHARD_ASSETS
-from rag_assets_tests.conftest import free_port, make_env
+from rag_assets_tests.conftest import make_env
+from rag_assets_tests.emulators import free_port
 from rag_assets_tests.test_daemon import search_top, start_daemon, stop_daemon, write_file
 
 ROOT = Path(__file__).parents[1]
