@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from dagster._core.scheduler.instigation import TickStatus
 
 from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets_tests.conftest import make_env
@@ -155,6 +156,7 @@ def test_backfill_from_the_ui_then_the_sensor_picks_up_an_edit(stack):
 
     # 4. The CLI's runs are runs of the project's jobs in the UI, beside the sensor's and the backfill's.
     web.gql("mutation($id: String!) { stopSensor(id: $id) { __typename } }", id=state["sensorOrError"]["sensorState"]["id"])
+    wait_until_the_sensor_is_quiet(daemon)
     write_file(env.source / "east" / "kiln.md", "# Kilns\n\nA raku kiln is opened red hot and the pots are pulled out with tongs.\n")
     assert json.loads(cli("sync", "--json"))["shards"]["east"]["status"] == "changed"
     cli("reconcile", "--json")
@@ -170,6 +172,25 @@ def test_backfill_from_the_ui_then_the_sensor_picks_up_an_edit(stack):
         origin = web.gql("query($id: ID!) { runOrError(runId: $id) { ... on Run { pipelineName repositoryOrigin { repositoryLocationName repositoryName } } } }",
                          id=mine[0]["runId"])["runOrError"]
         assert origin == {"pipelineName": job, "repositoryOrigin": {"repositoryLocationName": "rag_assets", "repositoryName": "__repository__"}}
+
+
+def wait_until_the_sensor_is_quiet(daemon) -> None:
+    """A tick that began before the sensor was stopped still runs to its end and may request runs (CI once
+    saw such a tick pick up the next edit and the CLI sync report the shard busy): wait until the newest
+    tick has finished, its runs too, and no new tick appeared over two sensor intervals."""
+    def quiet_tick():
+        ticks = daemon.ticks()
+        if ticks and ticks[0].status == TickStatus.STARTED or any(not r.dagster_run.is_finished for r in daemon.runs()):
+            return None
+        return ticks[0].tick_id if ticks else -1
+    last = wait_for("the sensor's last tick and its runs", quiet_tick, daemon.report)
+    for _ in range(30):
+        time.sleep(4)
+        now = wait_for("the sensor's last tick and its runs", quiet_tick, daemon.report)
+        if now == last:
+            return
+        last = now
+    pytest.fail("the sensor kept ticking after it was stopped\n" + daemon.report())
 
 
 def cli(*args: str) -> str:
