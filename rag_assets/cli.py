@@ -274,7 +274,8 @@ def _status(settings: Settings, deep: bool = False) -> dict:
     synced = latest_metadata(instance, VECTOR_INDEX_KEY)
     docs, chunk_counts, rows = (lake.row_counts(spec) for spec in (RAW_DOCUMENTS, CHUNKS, VECTOR_INDEX))
     out = {}
-    with res["qdrant"].index().session() as session:
+    index = res["qdrant"].index()
+    with index.session() as session:
         points = session.shard_counts()
         for shard in partitions:
             stamp = synced.get(shard, {}).get(TIMESTAMP)
@@ -294,7 +295,8 @@ def _status(settings: Settings, deep: bool = False) -> dict:
         source.shard_names()  # the top level only: what is not a shard, and why
     except (FileNotFoundError, OSError):
         pass  # the source is unreachable: status still reports the tables and the index
-    return {"shards": out, "skipped_shards": dict(source.skipped)}
+    return {"collection": res["qdrant"].collection, "physical_collection": index.collection, "shards": out,
+            "skipped_shards": dict(source.skipped)}
 
 
 def _run_job(job_name: str, node: str, what: str) -> dict:

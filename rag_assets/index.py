@@ -13,10 +13,11 @@ lets a shard's points be listed, diffed, deleted, and checked against one model.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import functools
 import json
 import logging
+import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -71,16 +72,28 @@ def check_collection(collection: str, found_dim: int | None, found_distance: str
 
 
 class VectorIndex:
+    """One collection of one engine; the engine-level calls (aliases, other collections) are here, the
+    data calls on an open `session()`. Aliases are the names applications query (rag_assets/aliases.py)."""
+
     collection: str
 
     def session(self) -> contextlib.AbstractContextManager[IndexSession]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def renamed(self, collection: str) -> VectorIndex: ...  # the same engine, another collection
+    def collection_exists(self, name: str) -> bool: ...
+    def collections(self) -> list[str]: ...
+    def identity(self, name: str) -> dict | None: ...  # what `ensure_collection` recorded about its points
+    def alias_target(self, alias: str) -> str | None: ...
+    def set_alias(self, alias: str, collection: str) -> None: ...  # atomic: readers see the old or the new target
+    def drop_collection(self, name: str) -> None: ...
+    def adopt(self, name: str, physical: str, identity: dict) -> None: ...  # a pre-alias collection becomes `physical`
+
 
 class IndexSession:
     """Operations on an open collection; obtained from `VectorIndex.session()`."""
 
-    def ensure_collection(self, dim: int) -> None: ...
+    def ensure_collection(self, dim: int, identity: dict | None = None) -> None: ...
     def shard_points(self, shard: str) -> pl.DataFrame: ...  # point_id, chunk_hash of every point of `shard`
     def upsert(self, points: Sequence[Point]) -> None: ...
     def delete(self, ids: Sequence[str]) -> None: ...
@@ -139,13 +152,68 @@ def check_free_space(path: Path, headroom_mb: int) -> None:
                        f"{free // 2**20} MB free (RAG_MIN_FREE_MB={headroom_mb} of headroom for new points)")
 
 
+COLLECTION_META = "rag_collection.json"  # embedded engine: dim, distance and identity of a collection's points
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `path` so that a reader sees the old or the new content, never a part (rename is atomic)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class EdgeIndex(VectorIndex):
+    """Collections are folders under `root`; an alias is a pointer file `<alias>.alias.json` beside them."""
+
     def __init__(self, root: Path, collection: str, batch_size: int = 512, lock_timeout: float = 600.0, min_free_mb: int = 256):
+        self.root = Path(root)
         self.collection = collection
-        self.path = Path(root) / collection
+        self.path = self.root / collection
         self.batch_size = batch_size
         self.lock_timeout = lock_timeout
         self.min_free_mb = min_free_mb
+
+    def renamed(self, collection: str) -> EdgeIndex:
+        return EdgeIndex(self.root, collection, self.batch_size, self.lock_timeout, self.min_free_mb)
+
+    def collection_exists(self, name: str) -> bool:
+        return (self.root / name / "edge_config.json").exists()
+
+    def collections(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / "edge_config.json").exists()) if self.root.exists() else []
+
+    def identity(self, name: str) -> dict | None:
+        meta = self.root / name / COLLECTION_META
+        return json.loads(meta.read_text()).get("identity") if meta.exists() else None
+
+    def _alias_file(self, alias: str) -> Path:
+        return self.root / f"{alias}.alias.json"
+
+    def alias_target(self, alias: str) -> str | None:
+        pointer = self._alias_file(alias)
+        return json.loads(pointer.read_text())["collection"] if pointer.exists() else None
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self._alias_file(alias), json.dumps({"collection": collection}))
+
+    def drop_collection(self, name: str) -> None:
+        from filelock import FileLock
+
+        with FileLock(str(self.root / name) + ".lock", timeout=self.lock_timeout):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def adopt(self, name: str, physical: str, identity: dict) -> None:
+        """Rename the folder (no point is copied) under the old collection's lock, so that no process of
+        an earlier version writes into it meanwhile, then record the identity."""
+        from filelock import FileLock
+
+        with FileLock(str(self.root / name) + ".lock", timeout=self.lock_timeout):
+            if self.collection_exists(name) and not (self.root / physical).exists():
+                os.replace(self.root / name, self.root / physical)
+        meta = self.root / physical / COLLECTION_META
+        found = json.loads(meta.read_text()) if meta.exists() else {}
+        _write_atomically(meta, json.dumps({**found, "identity": identity}))
 
     @contextlib.contextmanager
     def session(self) -> Iterator[EdgeSession]:
@@ -188,11 +256,11 @@ class EdgeSession(IndexSession):
     def exists(self) -> bool:
         return self.shard is not None
 
-    def ensure_collection(self, dim: int) -> None:
+    def ensure_collection(self, dim: int, identity: dict | None = None) -> None:
         from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, PayloadSchemaType, UpdateOperation
 
+        meta = self.index.path / COLLECTION_META
         if self.shard is not None:
-            meta = self.index.path / "rag_collection.json"
             if meta.exists():
                 found = json.loads(meta.read_text())
                 check_collection(self.index.collection, found["dim"], found.get("distance"), dim)
@@ -202,7 +270,7 @@ class EdgeSession(IndexSession):
         )
         for name in INDEXED_FIELDS:
             self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
-        (self.index.path / "rag_collection.json").write_text(json.dumps({"dim": dim, "distance": DISTANCE}))
+        _write_atomically(meta, json.dumps({"dim": dim, "distance": DISTANCE, **({"identity": identity} if identity else {})}))
         self.dirty = True
 
     def shard_points(self, shard: str) -> pl.DataFrame:
@@ -361,6 +429,57 @@ class ServerIndex(VectorIndex):
         self.batch_size = batch_size
         self.parallel = parallel
 
+    def renamed(self, collection: str) -> ServerIndex:
+        other = object.__new__(ServerIndex)
+        other.__dict__.update(self.__dict__, collection=collection)
+        return other
+
+    def collection_exists(self, name: str) -> bool:
+        # An alias is not a collection (a server may also answer "exists" for one).
+        return name in self.collections()
+
+    def collections(self) -> list[str]:
+        return sorted(c.name for c in self.client.get_collections().collections)
+
+    def identity(self, name: str) -> dict | None:
+        if not self.collection_exists(name):
+            return None
+        return ((self.client.get_collection(name).config.metadata or {}).get("rag_identity")) or None
+
+    def alias_target(self, alias: str) -> str | None:
+        return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        from qdrant_client import models
+
+        # One request: the server applies both operations atomically, so queries never miss the alias.
+        operations = [models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))]
+        if self.alias_target(alias) is not None:
+            operations.insert(0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        self.client.update_collection_aliases(change_aliases_operations=operations)
+
+    def drop_collection(self, name: str) -> None:
+        if self.collection_exists(name):
+            self.client.delete_collection(name)
+
+    def adopt(self, name: str, physical: str, identity: dict) -> None:
+        """A server cannot rename a collection, and an alias cannot take an existing collection's name: the
+        points are copied with their vectors (no model call), then the old collection is deleted so that
+        the alias can take its name (the caller sets it at once). Every step may be repeated."""
+        source = self.renamed(name)
+        if self.collection_exists(name):
+            params = self.client.get_collection(name).config.params.vectors
+            with self.renamed(physical).session() as target:
+                target.ensure_collection(params.size, identity)
+                offset = None
+                while True:
+                    records, offset = self.client.scroll(name, limit=1024, offset=offset, with_payload=True, with_vectors=True)
+                    target.upsert([Point(str(r.id), r.vector, r.payload or {}) for r in records])
+                    if offset is None:
+                        break
+            self.client.delete_collection(source.collection)
+        self.client.update_collection(physical, metadata={"rag_identity": identity})
+
     @contextlib.contextmanager
     def session(self) -> Iterator[ServerSession]:
         yield ServerSession(self)
@@ -383,7 +502,7 @@ class ServerSession(IndexSession):
     def exists(self) -> bool:
         return self.client.collection_exists(self.name)
 
-    def ensure_collection(self, dim: int) -> None:
+    def ensure_collection(self, dim: int, identity: dict | None = None) -> None:
         from qdrant_client import models
 
         if self.exists():
@@ -393,7 +512,8 @@ class ServerSession(IndexSession):
             else:
                 check_collection(self.name, None, None, dim)
             return
-        self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+        self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                                      metadata={"rag_identity": identity} if identity else None)
         for name in INDEXED_FIELDS:
             # `shard` is the tenant key: a server lays each shard's points out together (is_tenant).
             schema = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=name == "shard")

@@ -29,9 +29,14 @@ def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
             if shard in busy:
                 shards[shard] = {"skipped": "run in progress"}
                 continue
-            # One shard's ids and hashes at a time, as frames: the whole table's never are.
-            want = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "collection"))) \
-                .filter(pl.col("collection") == index.collection).drop("collection")
+            # One shard's ids and hashes at a time, as frames: the whole table's never are. Rows name the
+            # physical collection they were synced into (or the alias, before aliases): a shard whose rows
+            # are of another collection (a migration switched the alias since) is left to its next sync.
+            rows = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "collection")))
+            if rows.height and not rows["collection"].is_in([index.collection, qdrant.collection]).any():
+                shards[shard] = {"skipped": f"synced into {rows['collection'][0]!r}; its next sync moves it"}
+                continue
+            want = rows.filter(pl.col("collection").is_in([index.collection, qdrant.collection])).drop("collection")
             live = session.shard_points(shard) if shard in live_counts else pl.DataFrame(schema=LIVE_POINTS)
             drift = mismatches(want, live)
             missing, stale, extra = drift["missing"], drift["wrong_hash"], drift["extra"]

@@ -11,6 +11,7 @@ import os
 
 from rag_assets.config import Settings
 from rag_assets.embedding import load_embedder
+from rag_assets.aliases import live_index
 from rag_assets.index import make_index
 
 MAX_K = 1000  # hits per search
@@ -22,13 +23,24 @@ class UnknownShard(LookupError):
 
 
 class Searcher:
+    """Follows the alias: the collection it serves now, queried with that collection's own model (so a
+    migration's switch needs no restart and no change of settings here)."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.index = make_index(**settings.qdrant_options(), api_key=os.environ.get("RAG_QDRANT_API_KEY") or None)
+        self.alias = make_index(**settings.qdrant_options(), api_key=os.environ.get("RAG_QDRANT_API_KEY") or None)
+
+    @property
+    def index(self):
+        return live_index(self.alias)
 
     @property
     def embedder(self):
-        return load_embedder(**self.settings.model_options())
+        identity = self.alias.identity(self.index.collection)
+        options = self.settings.model_options()
+        if identity:
+            options.update(model=identity["model_source"], backend=identity["backend"])
+        return load_embedder(**options)
 
     def search(self, query: str, k: int = 5, shard: str | None = None) -> list[dict]:
         """Top-k chunks for `query`, each {"score", "shard", "doc_id", "chunk_id", "title", "text"}."""
@@ -36,8 +48,9 @@ class Searcher:
             raise ValueError("the query is empty")
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        index = self.index
         vector = self.embedder.encode([query])[0]
-        with self.index.session() as session:
+        with index.session() as session:
             hits = session.search(vector, k, shard)
             if shard is not None and not hits and not session.count(shard):
                 raise UnknownShard(f"no shard {shard!r} in the collection (`rag-assets status` lists the shards)")
@@ -45,8 +58,10 @@ class Searcher:
 
     def health(self) -> dict:
         """What a load balancer asks: the collection answers, with how many points, and the model."""
-        with self.index.session() as session:
+        index = self.index
+        with index.session() as session:
             if not session.exists():
-                raise LookupError(f"collection {self.index.collection!r} does not exist (nothing synced into it yet?)")
+                raise LookupError(f"collection {self.alias.collection!r} does not exist (nothing synced into it yet?)")
             points = session.count()
-        return {"status": "ok", "collection": self.index.collection, "points": points, "model": self.embedder.info.key}
+        return {"status": "ok", "collection": self.alias.collection, "physical_collection": index.collection,
+                "points": points, "model": self.embedder.info.key}

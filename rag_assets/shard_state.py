@@ -12,8 +12,8 @@ that failed half-way leaves the old record and the shard is picked up again on t
 - removed:   a partition the source no longer lists (reason "rolled_back" when a rollback brought it
              back although the source did not list it: the deletion guard holds it).
 
-A model change with the same collection raises `SettingsConflict` before anything runs, so two models'
-vectors never meet in one collection.
+A model or chunker other than the one of the collection the alias serves raises `SettingsConflict`
+before anything runs (`check_live`): that change is a migration (rag_assets/aliases.py, migration.py).
 """
 
 from __future__ import annotations
@@ -90,15 +90,12 @@ def synced_state(instance: dg.DagsterInstance, shard: str, settings: Mapping[str
     return {FINGERPRINT: str(read.get(FINGERPRINT) or ""), **settings}
 
 
-def check_settings(synced: Mapping[str, Mapping[str, object]], known: set[str], settings: Mapping[str, str]) -> None:
-    """Raise SettingsConflict when a known shard was indexed into the configured collection with another model."""
-    for shard, meta in synced.items():
-        if shard in known and meta.get(COLLECTION) == settings[COLLECTION] and meta.get(MODEL) not in (None, settings[MODEL]):
-            raise SettingsConflict(
-                f"shard {shard!r} is indexed in collection {settings[COLLECTION]!r} with model "
-                f"{meta[MODEL]}, but the configured model is {settings[MODEL]}. Changing the "
-                "model is a full re-embed into a new collection: set RAG_QDRANT_COLLECTION to a new name."
-            )
+def check_live(model, qdrant) -> None:
+    """Raise SettingsConflict when the configured model or chunker is not the live collection's."""
+    from rag_assets.aliases import conflict
+
+    if why := conflict(qdrant.alias_index(), model.identity()):
+        raise SettingsConflict(why)
 
 
 def plan_shards(
@@ -109,7 +106,6 @@ def plan_shards(
 ) -> list[ShardPlan]:
     """One plan per shard from the listing (shard -> fingerprint), the shard partitions, the synced
     records (`latest_metadata` of vector_index) and the configured index settings."""
-    check_settings(synced, known, settings)
     plans = []
     for shard, fp in fingerprints.items():
         meta = synced.get(shard)

@@ -17,7 +17,7 @@ from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.project_runs import execute_project_job
 from rag_assets.deletion_guard import held_shards, is_held_failure
 from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
-from rag_assets.shard_state import ShardPlan, index_settings, latest_metadata, plan_sync
+from rag_assets.shard_state import ShardPlan, check_live, index_settings, latest_metadata, plan_sync
 
 COUNT_SOURCES = {  # report field -> (asset, metadata key)
     "documents": (raw_documents, "documents"),
@@ -65,6 +65,7 @@ def run_sync(
 ) -> SyncReport:
     resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
     source = resources["source"].open()
+    check_live(resources["model"], resources["qdrant"])
     plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
     known = set(instance.get_dynamic_partitions(shards.name))
     add_shards(instance, [p.shard for p in plans if p.status == "new" and p.shard not in known])

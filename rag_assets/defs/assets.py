@@ -13,7 +13,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from rag_assets import deletion_guard, progress, shard_state
+from rag_assets import aliases, deletion_guard, progress, shard_state
 from rag_assets.defs import checks
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
@@ -204,14 +204,18 @@ def vector_index(
     desired = points.shard_point_keys(lake, shard)
     points.require_model(desired, model_key, shard)
 
-    index = qdrant.index()
+    try:  # the collection the alias serves for this model and chunker (aliases.py)
+        index = aliases.sync_target(qdrant.alias_index(), model.identity())
+    except aliases.IdentityConflict as exc:
+        raise dg.Failure(str(exc)) from exc
     with index.session() as session:
-        points.prepare_collection(session, index.collection, desired, model_key)
+        points.prepare_collection(session, index.collection, desired, model_key, model.identity())
         to_upsert, to_delete = points.points_to_sync(desired, session.shard_points(shard))
         for batch in points.point_batches(lake, shard, to_upsert):
             session.upsert(batch)
         session.delete(to_delete.to_list())
         live = session.shard_points(shard)
+    aliases.publish(qdrant.alias_index(), index.collection)  # the first sync points the alias at its collection
 
     rows = points.index_rows(desired, points.read_index_rows(lake, shard), shard, index.collection, now())
     with lake.writer(VECTOR_INDEX, shard) as out:
@@ -225,7 +229,8 @@ def vector_index(
             upserted=to_upsert.height,
             deleted=to_delete.len(),
             unchanged=desired.height - to_upsert.height,
-            collection=index.collection,
+            collection=index.collection,  # the physical collection; `alias` is what applications query
+            alias=qdrant.collection,
             # The state the sensor compares against (the fingerprint this shard is now fully synced to, and
             # the index settings): a shard whose run failed half-way is requested again on the next tick.
             **shard_state.synced_state(context.instance, shard, shard_state.index_settings(model, qdrant)),

@@ -67,7 +67,9 @@ def retrieval_eval(
     with index.session() as session:
         if not session.exists():  # a mistyped --collection, or nothing synced yet: not a recall of 0 that passes
             raise dg.Failure(f"collection {index.collection!r} does not exist (nothing synced into it yet?)")
-    metrics = evaluation.evaluate(evaluation.index_search(model.embedder(), index), queries)
+    identity = qdrant.alias_index().identity(index.collection)  # queries are embedded by the collection's own model
+    embedder = (model.with_identity(identity) if identity else model).embedder()
+    metrics = evaluation.evaluate(evaluation.index_search(embedder, index), queries)
     set_id = evaluation.query_set_id(query_set)
     accepted = next((m.get("accepted_recall@10") for m in earlier
                      if m.get("collection") == index.collection and m.get("query_set_id") == set_id), None)
@@ -79,7 +81,8 @@ def retrieval_eval(
         metadata={
             **metrics,
             "collection": index.collection,
-            "model": model.info().key,
+            "model": embedder.info.key,
+            "alias": qdrant.collection,
             "query_source": source,
             "query_set_id": set_id,
             # Kept for the next evaluation (the file's queries are read from the file each time).

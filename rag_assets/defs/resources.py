@@ -16,6 +16,7 @@ import dagster as dg
 from rag_assets.chunking import Chunker, chunker_settings_key
 from rag_assets.config import Settings
 from rag_assets.embedding import ModelInfo, TextBatcher, load_embedder, resolve_model
+from rag_assets.aliases import live_index
 from rag_assets.index import VectorIndex, check_free_space, make_index
 from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
@@ -84,11 +85,22 @@ class ModelResource(dg.ConfigurableResource):
     def embedder(self) -> TextBatcher:
         return load_embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
 
+    def identity(self) -> dict:
+        """What a collection's points depend on (rag_assets/aliases.py): the model and the chunker."""
+        return {"model": self.info().key, "model_source": self.model, "backend": self.backend,
+                "chunker": self.chunker_settings_key(), "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
+
+    def with_identity(self, identity: dict) -> ModelResource:
+        """This resource (device, batch sizes) for another model and chunker, e.g. a migration's or a collection's."""
+        return ModelResource(**{**self.model_dump(), "model": identity["model_source"], "backend": identity["backend"],
+                                "chunk_tokens": identity["chunk_tokens"], "chunk_overlap": identity["chunk_overlap"]})
+
 
 class QdrantResource(dg.ConfigurableResource):
-    """The live collection: a Qdrant server when `url` is set, else the embedded engine at `path`."""
+    """The live collection: a Qdrant server when `url` is set, else the embedded engine at `path`.
+    `collection` is the alias applications query; `index()` is the physical collection behind it."""
 
-    collection: str = "rag_chunks"
+    collection: str = "rag_chunks"  # the alias (rag_assets/aliases.py)
     path: str = ""  # embedded engine folder
     url: str | None = None
     api_key: str | None = None  # an EnvVar: resolved at run time, never shown in the UI
@@ -104,14 +116,19 @@ class QdrantResource(dg.ConfigurableResource):
     def check_space(self) -> None:
         """Raise index.DiskFull when the embedded engine could not write (a server's disk is its own)."""
         if not self.url:
-            check_free_space(Path(self.path) / self.collection, self.min_free_mb)
+            check_free_space(self.index().path, self.min_free_mb)
 
-    def index(self, collection: str = "") -> VectorIndex:
-        """The configured collection, or another one of the same engine (`collection`)."""
-        options = {**self.model_dump(), **({"collection": collection} if collection else {})}
+    def alias_index(self) -> VectorIndex:
+        """The alias itself (`aliases.sync_target`, migrations); its engine calls reach every collection."""
+        options = self.model_dump()
         if isinstance(self.api_key, dg.EnvVar):  # outside a run (the CLI's status), Dagster has not resolved it
             options["api_key"] = self.api_key.get_value()
         return make_index(**options)
+
+    def index(self, collection: str = "") -> VectorIndex:
+        """The physical collection the alias serves, or another collection of the same engine (`collection`)."""
+        alias = self.alias_index()
+        return alias.renamed(collection) if collection else live_index(alias)
 
 
 class EvalResource(dg.ConfigurableResource):

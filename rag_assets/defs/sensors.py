@@ -10,7 +10,7 @@ from rag_assets.defs.resources import ModelResource, QdrantResource, SourceResou
 from rag_assets.deletion_guard import held_shards
 from rag_assets.launcher import ensure_gpu_pool
 from rag_assets.runs import busy_shards, shard_run_tags
-from rag_assets.shard_state import SettingsConflict, index_settings, plan_sync
+from rag_assets.shard_state import SettingsConflict, check_live, index_settings, plan_sync
 
 
 def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
@@ -27,6 +27,7 @@ def build_source_change_sensor(settings: Settings) -> dg.SensorDefinition:
         ensure_gpu_pool(context.instance)  # before the first run is queued, so the queue enforces it
         src = source.open()
         try:
+            check_live(model, qdrant)
             plans = plan_sync(context.instance, src, index_settings(model, qdrant))
         except (FileNotFoundError, SettingsConflict) as exc:
             return dg.SkipReason(str(exc))

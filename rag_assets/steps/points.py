@@ -49,11 +49,12 @@ def require_model(desired: pl.DataFrame, model_key: str, shard: str) -> None:
         raise ShardMismatch(f"{stale} embeddings of shard {shard!r} are not from {model_key}; materialize embeddings first")
 
 
-def prepare_collection(session: IndexSession, collection: str, desired: pl.DataFrame, model_key: str) -> None:
-    """Create the collection for the shard's vectors if needed; refuse one that holds another model's points."""
+def prepare_collection(session: IndexSession, collection: str, desired: pl.DataFrame, model_key: str, identity: dict) -> None:
+    """Create the collection for the shard's vectors if needed (recording `identity`, the model and chunker
+    its points depend on); refuse one that holds another model's points."""
     if desired.is_empty():
         return
-    session.ensure_collection(desired["dim"][0])
+    session.ensure_collection(desired["dim"][0], identity)
     foreign = session.count(other_model=model_key)
     if foreign:
         raise CollectionMismatch(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rag_assets.shard_state import FINGERPRINT, SettingsConflict, ShardPlan, plan_shards
+from rag_assets.shard_state import FINGERPRINT, ShardPlan, plan_shards
 
 SETTINGS = {"index_chunker": "c1", "index_model": "m@1", "index_collection": "rag_chunks"}
 
@@ -31,11 +31,11 @@ def test_a_record_from_before_settings_were_recorded_counts_as_changed_settings(
     assert plans == [ShardPlan("old", "changed", "f", "settings")]
 
 
-def test_another_model_in_the_same_collection_is_refused_before_anything_runs():
+def test_another_model_or_collection_re_syncs_every_shard():
+    # A model change is refused earlier, against the alias (`check_live`, test_aliases.py); the plan only
+    # says which shards differ from their records.
     records = {"a": synced("f", index_model="m@0")}
-    with pytest.raises(SettingsConflict, match="set RAG_QDRANT_COLLECTION"):
-        plan_shards({"a": "f"}, {"a"}, records, SETTINGS)
-    # Another collection is a migration: every shard re-syncs into it.
+    assert plan_shards({"a": "f"}, {"a"}, records, SETTINGS) == [ShardPlan("a", "changed", "f", "settings")]
     other = {"a": synced("f", index_model="m@0", index_collection="old")}
     assert plan_shards({"a": "f"}, {"a"}, other, SETTINGS) == [ShardPlan("a", "changed", "f", "settings")]
     # A record of a shard that is no longer a partition does not count.

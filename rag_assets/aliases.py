@@ -1,0 +1,128 @@
+"""The alias applications query, and the physical collections behind it.
+
+`RAG_QDRANT_COLLECTION` (default `rag_chunks`) names an alias: a Qdrant alias on a server, a pointer file
+`<alias>.alias.json` under RAG_HOME/qdrant on the embedded engine (replaced atomically, like a server's
+alias switch). The collection it points at is named from the alias and what its points depend on, the
+model and the chunker: `<alias>__<10 hex digits of sha256(model key, chunker key)>`; the identity itself
+is recorded with the collection (Qdrant collection metadata; the embedded engine's rag_collection.json).
+
+Syncs write into the live collection only while the configured model and chunker are its identity: a
+different one is a migration (`rag-assets migrate`, rag_assets/migration.py) that builds the new
+collection beside the live one and moves the alias when it is not worse. Search follows the alias and
+embeds queries with the live collection's model, so it keeps answering right across a switch.
+
+A deployment from before aliases has a collection named like the alias. It is adopted on the first sync
+(the folder renamed on the embedded engine; the points copied with their vectors on a server, which
+cannot rename), provided its points are of the configured model: nothing is embedded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from rag_assets.index import VectorIndex
+
+SEPARATOR = "__"
+
+
+class IdentityConflict(RuntimeError):
+    """The configured model or chunker is not the one of the collection the alias serves."""
+
+
+def physical_name(alias: str, identity: dict) -> str:
+    digest = hashlib.sha256(f"{identity['model']}\0{identity['chunker']}".encode()).hexdigest()[:10]
+    return f"{alias}{SEPARATOR}{digest}"
+
+
+def describe(identity: dict | None) -> str:
+    if not identity:
+        return "an unrecorded model and chunker"
+    return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}"
+
+
+def settings_for(identity: dict) -> dict[str, str]:
+    """The settings that make `identity` the configured one."""
+    return {"RAG_EMBED_MODEL": identity["model_source"], "RAG_EMBED_BACKEND": identity["backend"],
+            "RAG_CHUNK_TOKENS": str(identity["chunk_tokens"]), "RAG_CHUNK_OVERLAP": str(identity["chunk_overlap"])}
+
+
+@dataclass(frozen=True)
+class Live:
+    alias: str
+    collection: str  # the physical collection queries reach
+    identity: dict | None  # its model and chunker (None: nothing synced yet, or a collection from before aliases)
+
+
+def live(index: VectorIndex) -> Live:
+    """What the alias (`index.collection`) serves: its target, else a pre-alias collection of that name,
+    else the name itself (nothing synced yet)."""
+    alias = index.collection
+    target = index.alias_target(alias) or alias
+    return Live(alias, target, index.identity(target) if target != alias else None)
+
+
+def live_index(index: VectorIndex) -> VectorIndex:
+    """The physical collection behind the alias, for reading (status, search, reconcile, eval)."""
+    return index.renamed(live(index).collection)
+
+
+def conflict(index: VectorIndex, identity: dict) -> str | None:
+    """Why a sync with `identity` must not write into what the alias serves, or None."""
+    now = live(index)
+    if now.identity is not None:
+        if now.identity["model"] == identity["model"] and now.identity["chunker"] == identity["chunker"]:
+            return None
+        return (f"the alias {now.alias!r} serves {now.collection!r} ({describe(now.identity)}), but the configuration "
+                f"says {describe(identity)}. A model or chunker change is a migration: `rag-assets migrate` builds it "
+                "beside the live collection and switches when it is not worse; or set the configuration back "
+                f"({' '.join(f'{k}={v}' for k, v in settings_for(now.identity).items())}), or set RAG_QDRANT_COLLECTION "
+                "to a new alias for a full re-embed from scratch.")
+    if now.collection == now.alias and index.collection_exists(now.alias):  # a collection from before aliases
+        with index.session() as session:
+            foreign = session.count(other_model=identity["model"])
+        if foreign:
+            return (f"collection {now.alias!r} holds {foreign} points of another model than the configured "
+                    f"{identity['model']}; set the model back (then `rag-assets migrate`), or set RAG_QDRANT_COLLECTION "
+                    "to a new alias for a full re-embed from scratch.")
+    return None
+
+
+def sync_target(index: VectorIndex, identity: dict) -> VectorIndex:
+    """The physical collection a sync with `identity` writes into (the alias is `index.collection`); a
+    collection from before aliases is adopted first. Raises IdentityConflict when `conflict` says why not.
+    `publish` then points a new alias at it, once it exists."""
+    if why := conflict(index, identity):
+        raise IdentityConflict(why)
+    alias, physical = index.collection, physical_name(index.collection, identity)
+    if index.alias_target(alias) is None and index.collection_exists(alias):
+        index.adopt(alias, physical, identity)
+        publish(index, physical)
+    return index.renamed(physical)
+
+
+def publish(index: VectorIndex, physical: str) -> None:
+    """Point the alias at `physical` if it points nowhere yet and the collection exists (a server refuses an
+    alias of a missing collection). Two first syncs may race here: both point it at the same collection."""
+    alias = index.collection
+    if index.alias_target(alias) is not None or not index.collection_exists(physical):
+        return
+    try:
+        index.set_alias(alias, physical)
+    except Exception:
+        if index.alias_target(alias) != physical:
+            raise
+
+
+def switch(index: VectorIndex, physical: str) -> str:
+    """Point the alias at `physical` (atomically); returns the collection it pointed at before."""
+    before = live(index).collection
+    index.set_alias(index.collection, physical)
+    return before
+
+
+def others(index: VectorIndex) -> list[str]:
+    """Physical collections of the alias that it does not point at (kept for a switch back)."""
+    current = live(index).collection
+    prefix = index.collection + SEPARATOR
+    return [name for name in index.collections() if name.startswith(prefix) and name != current]
