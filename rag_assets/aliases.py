@@ -126,3 +126,11 @@ def others(index: VectorIndex) -> list[str]:
     current = live(index).collection
     prefix = index.collection + SEPARATOR
     return [name for name in index.collections() if name.startswith(prefix) and name != current]
+
+
+def kept_models(index: VectorIndex) -> set[str]:
+    """The models of every physical collection of the alias (live, built by a migration, or kept for a
+    switch back): the vector store keeps their vectors (`VectorStore.collect_garbage`)."""
+    prefix = index.collection + SEPARATOR
+    return {identity["model"] for name in index.collections()
+            if name.startswith(prefix) and (identity := index.identity(name))}

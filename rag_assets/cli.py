@@ -1,4 +1,4 @@
-"""`rag-assets`: demo, sync, search, serve, status, reconcile, maintain and repair from the command line."""
+"""`rag-assets`: demo, sync, search, serve, status, eval, migrate, reconcile, maintain, rollback and repair from the command line."""
 
 from __future__ import annotations
 
@@ -383,6 +383,46 @@ def rollback(to: str, as_json: bool) -> None:
     click.echo(f"rolled back to {report['to']} (collection {report['collection']}: {report['index']})")
     for table, row in report["tables"].items():
         click.echo(f"  {table}: {row['rows_before']} -> {row['rows_after']} rows (snapshot {row['snapshot_id']} of {row['snapshot_at']})")
+
+
+@main.command()
+@click.option("--model", default="", help="The target model (a sentence-transformers id or folder); default: RAG_EMBED_MODEL.")
+@click.option("--backend", default="", type=click.Choice(["", "torch", "onnx"]), help="The target backend; default: RAG_EMBED_BACKEND.")
+@click.option("--chunk-tokens", default=0, type=click.IntRange(0), help="The target chunk size; default: RAG_CHUNK_TOKENS.")
+@click.option("--chunk-overlap", default=-1, type=click.IntRange(-1), help="The target chunk overlap; default: RAG_CHUNK_OVERLAP.")
+@click.option("--force", is_flag=True, help="Switch the alias even when the new collection evaluates worse.")
+@click.option("--drop-old", is_flag=True, help="Drop the alias's other collections once it points at the target.")
+@click.option("--json", "as_json", is_flag=True)
+def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, force: bool, drop_old: bool, as_json: bool) -> None:
+    """Build the alias's collection for another model or chunker beside the live one (syncs go on), evaluate
+    both, and switch the alias only if the new one is not worse. Exits 1 when the evaluation kept the alias."""
+    from rag_assets.defs.migration import migration_run_config
+    from rag_assets.defs.resources import build_resources
+    from rag_assets.project_runs import execute_project_job
+    from rag_assets.runs import SYNC_TAG, worker_tags
+    from rag_assets.sync import QUIET, root_cause
+
+    settings = Settings.from_env()
+    config = {"model": model, "backend": backend, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
+              "force": force, "drop_old": drop_old}
+    with _home_lock(settings, "migrate"):  # one migration at a time; syncs are not held back
+        result = execute_project_job("migration_job", _instance(settings), build_resources(settings),
+                                     run_config={**QUIET, **migration_run_config(**config)}, tags={SYNC_TAG: "cli", **worker_tags()})
+    if not result.success:
+        errors = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure and e.step_failure_data.error]
+        raise click.ClickException(f"migration failed: {errors[0] if errors else 'see the run in the Dagster instance'}")
+    report = result.output_for_node("finish_migration")
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo(f"{report['alias']}: {report['from']} -> {report['to']}: "
+                   f"{'switched' if report['switched'] else 'not switched'} ({report['reason']})")
+        for role, row in report.get("eval", {}).items():
+            click.echo(f"  {role}: {row['collection']} recall@10 {row['recall@10']:.3f} mrr@10 {row['mrr@10']:.3f}")
+        if report["switched"]:
+            click.echo("now set " + " ".join(f"{k}={v}" for k, v in report["settings"].items())
+                       + " in the deployment's configuration: syncs wait for it", err=True)
+    sys.exit(0 if report["switched"] or report["reason"] == "already live" else 1)
 
 
 @main.command()

@@ -25,6 +25,7 @@ files that run reads are referenced by the current snapshot until the run itself
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -194,10 +195,11 @@ def delete_old_runs(instance: dg.DagsterInstance, older_than: dt.datetime, keep:
     return {"deleted_runs": deleted, "kept_runs_with_latest_state": kept}
 
 
-def maintain_vector_store(lake: Lakehouse) -> dict[str, int]:
-    """Drop store vectors no shard references any more, then merge what each model's tiers hold in excess."""
+def maintain_vector_store(lake: Lakehouse, protected: Iterable[str] = ()) -> dict[str, int]:
+    """Drop store vectors no shard references any more (but none of the `protected` models'), then merge
+    what each model's tiers hold in excess."""
     store = VectorStore(lake)
-    report = store.collect_garbage()
+    report = store.collect_garbage(protected)
     report["merged_files"] = sum(store.compact(model) for model in store.models())
     return report
 

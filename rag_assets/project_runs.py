@@ -40,9 +40,10 @@ def project_job(job_name: str, resources: Mapping[str, object]) -> dg.JobDefinit
     from rag_assets.defs import jobs
     from rag_assets.defs.assets import SHARD_ASSETS
     from rag_assets.defs.evaluation import retrieval_eval, retrieval_eval_job
+    from rag_assets.defs.migration import migration_job
 
     project_jobs = [jobs.shard_sync_job, jobs.remove_shard_job, jobs.reconcile_job, jobs.maintenance_job, jobs.rollback_job,
-                    retrieval_eval_job]
+                    retrieval_eval_job, migration_job]
     defs = dg.Definitions(assets=[*SHARD_ASSETS, retrieval_eval], jobs=project_jobs, resources=resources,
                           executor=dg.in_process_executor)
     return defs.resolve_job_def(job_name)

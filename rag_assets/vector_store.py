@@ -18,6 +18,8 @@ memory), past which the file count grows by one per that many vectors.
 Vectors whose hash no shard's `embeddings` row holds any more (a removed document or shard) are dropped
 by `collect_garbage`, which the maintenance job runs: the store never serves what the tables no longer
 reference for longer than one maintenance period (plus the snapshot retention window, like every table).
+The models of collections that a migration built, or kept for a switch back, are kept until the
+collection is dropped (`rag-assets migrate --drop-old`).
 Duplicates (two shards embedding one new text at once) are harmless: a lookup takes the first found,
 and merges keep one row per hash.
 """
@@ -252,16 +254,18 @@ class VectorStore:
             return False
         return True
 
-    def collect_garbage(self) -> dict[str, int]:
+    def collect_garbage(self, protected: Iterable[str] = ()) -> dict[str, int]:
         """Drop the vectors whose (model, chunk_hash) no `embeddings` row holds: each file holding any is
-        rewritten without them. Returns rows dropped and files rewritten."""
+        rewritten without them. Models in `protected` are kept whole: those of collections a migration built
+        or kept for a switch back, which `embeddings` does not reference (rag_assets/migration.py).
+        Returns rows dropped and files rewritten."""
         referenced = pl.concat(
             [pl.from_arrow(b) for b in self.lake.batches(EMBEDDINGS, AlwaysTrue(), ("model", "chunk_hash"))]
             or [pl.DataFrame(schema={"model": pl.String, "chunk_hash": pl.String})]
         ).unique()
         table = self.table()
         dropped = rewritten = 0
-        for model in self.models():
+        for model in sorted(set(self.models()) - set(protected)):
             keep = referenced.filter(pl.col("model") == model).select("chunk_hash")
             for data_file in self.files(model, table):
                 with table.io.new_input(data_file.file_path).open() as stream:

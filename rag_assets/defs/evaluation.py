@@ -7,6 +7,7 @@ RAG_EVAL_TOLERANCE below the last accepted value of the same collection and quer
 """
 
 import time
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -52,18 +53,26 @@ def choose_queries(lake, settings: EvalResource, earlier: list[dict], log) -> tu
     return queries, queries, "known-item (new)"
 
 
-@dg.asset(
-    group_name=GROUP, owners=OWNERS, kinds={"qdrant", "python"}, deps=[vector_index], check_specs=[RECALL_NOT_WORSE],
-    description="Known-item (or RAG_EVAL_QUERIES) retrieval quality of the live collection: recall@1/5/10 and MRR@10.",
-)
-def retrieval_eval(
-    context: dg.AssetExecutionContext, config: EvalConfig, iceberg: IcebergResource, qdrant: QdrantResource,
-    model: ModelResource, eval_settings: EvalResource,
-) -> dg.MaterializeResult:
+@dataclass(frozen=True)
+class Measurement:
+    metadata: dict  # the retrieval_eval materialization's metadata
+    passed: bool  # recall@10 not more than the tolerance below the collection's accepted value
+    why: str
+    accepted: float | None
+
+    @property
+    def report(self) -> dict:
+        return _report(self.metadata, self.passed, f"{self.metadata['collection']}: {self.why}")
+
+
+def measure(instance: dg.DagsterInstance, iceberg: IcebergResource, qdrant: QdrantResource, model: ModelResource,
+            eval_settings: EvalResource, collection: str, log) -> Measurement:
+    """Evaluate `collection` ("" = the one the alias serves) on the kept query set, its queries embedded
+    by the collection's own model; a migration measures the old and the new collection with it."""
     started = time.perf_counter()
-    earlier = _earlier(context.instance)
-    queries, query_set, source = choose_queries(iceberg.lakehouse(), eval_settings, earlier, context.log)
-    index = qdrant.index(config.collection)
+    earlier = _earlier(instance)
+    queries, query_set, source = choose_queries(iceberg.lakehouse(), eval_settings, earlier, log)
+    index = qdrant.index(collection)
     with index.session() as session:
         if not session.exists():  # a mistyped --collection, or nothing synced yet: not a recall of 0 that passes
             raise dg.Failure(f"collection {index.collection!r} does not exist (nothing synced into it yet?)")
@@ -76,24 +85,37 @@ def retrieval_eval(
     passed, why = evaluation.tolerance_check(metrics["recall@10"], accepted, eval_settings.tolerance)
     # The accepted value only rises: drops within the tolerance must not add up from one run to the next.
     new_accepted = (max(accepted, metrics["recall@10"]) if accepted is not None else metrics["recall@10"]) if passed else accepted
-    context.log.info(f"{index.collection}: {metrics} ({source}); {why}")
+    log.info(f"{index.collection}: {metrics} ({source}); {why}")
+    metadata = {
+        **metrics,
+        "collection": index.collection,
+        "alias": qdrant.collection,
+        "model": embedder.info.key,
+        "query_source": source,
+        "query_set_id": set_id,
+        # Kept for the next evaluation (the file's queries are read from the file each time).
+        "query_set": dg.MetadataValue.json([] if eval_settings.queries_file else
+                                           [{"query": q.query, "doc_ids": list(q.doc_ids)} for q in query_set]),
+        "accepted_recall@10": new_accepted,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Measurement(metadata, passed, why, accepted)
+
+
+@dg.asset(
+    group_name=GROUP, owners=OWNERS, kinds={"qdrant", "python"}, deps=[vector_index], check_specs=[RECALL_NOT_WORSE],
+    description="Known-item (or RAG_EVAL_QUERIES) retrieval quality of the live collection: recall@1/5/10 and MRR@10.",
+)
+def retrieval_eval(
+    context: dg.AssetExecutionContext, config: EvalConfig, iceberg: IcebergResource, qdrant: QdrantResource,
+    model: ModelResource, eval_settings: EvalResource,
+) -> dg.MaterializeResult:
+    m = measure(context.instance, iceberg, qdrant, model, eval_settings, config.collection, context.log)
     return dg.MaterializeResult(
-        metadata={
-            **metrics,
-            "collection": index.collection,
-            "model": embedder.info.key,
-            "alias": qdrant.collection,
-            "query_source": source,
-            "query_set_id": set_id,
-            # Kept for the next evaluation (the file's queries are read from the file each time).
-            "query_set": dg.MetadataValue.json([] if eval_settings.queries_file else
-                                               [{"query": q.query, "doc_ids": list(q.doc_ids)} for q in query_set]),
-            "accepted_recall@10": new_accepted,
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+        metadata=m.metadata,
         check_results=[dg.AssetCheckResult(
-            check_name=RECALL_NOT_WORSE.name, passed=passed, description=f"{index.collection}: {why}",
-            metadata={"recall@10": metrics["recall@10"], "accepted_recall@10": accepted if accepted is not None else -1.0,
+            check_name=RECALL_NOT_WORSE.name, passed=m.passed, description=f"{m.metadata['collection']}: {m.why}",
+            metadata={"recall@10": m.metadata["recall@10"], "accepted_recall@10": m.accepted if m.accepted is not None else -1.0,
                       "tolerance": eval_settings.tolerance},
         )],
     )
@@ -127,10 +149,14 @@ def eval_report(result) -> dict:
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == EVAL_KEY]
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     (check,) = result.get_asset_check_evaluations()
+    return _report(meta, check.passed, check.description)
+
+
+def _report(meta: dict, passed: bool, check: str) -> dict:
+    """What `rag-assets eval --json` prints (and `migrate --json` for each collection)."""
     return {
         "collection": meta["collection"], "queries": meta["queries"],
         **{f"recall@{n}": meta[f"recall@{n}"] for n in evaluation.RECALL_AT}, "mrr@10": meta["mrr@10"],
-        "query_source": meta["query_source"], "query_set_id": meta["query_set_id"],
-        "passed": check.passed, "check": check.description,
+        "query_source": meta["query_source"], "query_set_id": meta["query_set_id"], "passed": passed, "check": check,
     }
 

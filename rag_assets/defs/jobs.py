@@ -4,6 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
+from rag_assets.aliases import kept_models
 from rag_assets.defs.assets import SHARD_ASSETS
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, RetentionResource, SourceResource
@@ -83,10 +84,11 @@ def reconcile_job():
 
 
 @dg.op(description="Expire old snapshots and delete unreferenced files of every table; delete old finished runs.")
-def maintain(context: dg.OpExecutionContext, iceberg: IcebergResource, retention: RetentionResource) -> dict:
+def maintain(context: dg.OpExecutionContext, iceberg: IcebergResource, qdrant: QdrantResource, retention: RetentionResource) -> dict:
     policy, now = retention.policy(), dt.datetime.now(dt.timezone.utc)
     lake = iceberg.lakehouse()
-    store = maintain_vector_store(lake)  # first: what it rewrites then expires with the rest
+    # First: what it rewrites then expires with the rest. A migration's vectors are kept (aliases.kept_models).
+    store = maintain_vector_store(lake, kept_models(qdrant.alias_index()))
     context.log.info(f"vector store: {store}")
     tables = {}
     for spec in MAINTAINED_TABLES:
