@@ -466,7 +466,6 @@ class ServerIndex(VectorIndex):
         """A server cannot rename a collection, and an alias cannot take an existing collection's name: the
         points are copied with their vectors (no model call), then the old collection is deleted so that
         the alias can take its name (the caller sets it at once). Every step may be repeated."""
-        source = self.renamed(name)
         if self.collection_exists(name):
             params = self.client.get_collection(name).config.params.vectors
             with self.renamed(physical).session() as target:
@@ -477,7 +476,7 @@ class ServerIndex(VectorIndex):
                     target.upsert([Point(str(r.id), r.vector, r.payload or {}) for r in records])
                     if offset is None:
                         break
-            self.client.delete_collection(source.collection)
+            self.client.delete_collection(name)
         self.client.update_collection(physical, metadata={"rag_identity": identity})
 
     @contextlib.contextmanager

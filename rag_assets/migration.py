@@ -33,6 +33,7 @@ import polars as pl
 from rag_assets.chunking import Chunker
 from rag_assets.index import IndexSession, Point, point_id_for
 from rag_assets.steps import chunks as chunking
+from rag_assets.steps.points import point_payload
 from rag_assets.steps.vectors import new_vectors
 from rag_assets.tables import CHUNKS, RAW_DOCUMENTS, Lakehouse
 from rag_assets.vector_store import VectorStore
@@ -134,8 +135,5 @@ class TargetBuilder:
         return found
 
     def _points(self, shard: str, rows: pl.DataFrame, vectors: dict[str, np.ndarray]) -> list[Point]:
-        return [Point(r["point_id"], vectors[r["chunk_hash"]], {
-            "shard": shard, "model": self.model_key, "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
-            "chunk_index": r["chunk_index"], "chunk_hash": r["chunk_hash"], "title": r["title"], "text": r["text"],
-            "source_uri": r["source_uri"],
-        }) for r in rows.iter_rows(named=True)]
+        return [Point(r["point_id"], vectors[r["chunk_hash"]], point_payload(shard, self.model_key, r))
+                for r in rows.iter_rows(named=True)]

@@ -26,7 +26,7 @@ def test_code_location_loads_with_partitioned_assets_checks_and_sensor(rag_env):
     # One executor for every way of running a shard: a UI backfill's __ASSET_JOB runs in-process too.
     assert {job.name: job.executor_def.name for job in repo.get_all_jobs()} == {
         name: "in_process" for name in ("__ASSET_JOB", "shard_sync_job", "remove_shard_job", "reconcile_job", "maintenance_job",
-                                        "retrieval_eval_job", "rollback_job")
+                                        "retrieval_eval_job", "rollback_job", "migration_job")
     }
     # Checks are partitioned like their assets: each result belongs to a shard.
     assert {repo.asset_graph.get_check_spec(key).partitions_def for key in repo.asset_graph.asset_check_keys

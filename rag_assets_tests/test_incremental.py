@@ -288,18 +288,32 @@ def renamed_model_copy(tmp: Path, name: str) -> Path:
     return dst
 
 
-def test_chunker_change_is_a_full_resync_in_place(env, monkeypatch):
+def test_a_chunker_change_is_a_migration_after_which_syncs_cost_no_model_call(env, monkeypatch):
     before, _ = table_state(env)
     monkeypatch.setenv("RAG_CHUNK_TOKENS", "80")
+    after = source_chunks(env)  # the oracle under the new chunker
+    # Configured before it is migrated: refused before anything runs, saying what to do.
+    refused = CliRunner().invoke(main, ["sync", "--json"])
+    assert refused.exit_code == 1 and "rag-assets migrate" in refused.output and "RAG_CHUNK_TOKENS=200" in refused.output
+    monkeypatch.delenv("RAG_CHUNK_TOKENS")
+
+    result = CliRunner().invoke(main, ["migrate", "--chunk-tokens", "80", "--json"])
+    assert result.exit_code == 0, result.output
+    migrated = json.loads(result.stdout)
+    assert migrated["switched"] and migrated["settings"]["RAG_CHUNK_TOKENS"] == "80"
+    for shard, row in migrated["shards"].items():
+        assert row["rechunked"] and row["points"] == len(after[shard]) > len(before[shard])
+        assert row["embedded"] == len(set(after[shard].values()) - set(before[shard].values()))  # new chunks only
+    assert search_docs("revised moraines and crevasses", 1) == ["north/glaciers.md"]  # the alias serves it at once
+
+    monkeypatch.setenv("RAG_CHUNK_TOKENS", "80")  # the configuration follows the switch
     report = sync_json()
     assert {r["status"] for r in report["shards"].values()} == {"changed"}
-    after = source_chunks(env)
-    for shard, row in report["shards"].items():
-        assert row["embedded"] == len(set(after[shard].values()))  # every new chunk went to the model
-        assert row["chunks"] == len(after[shard]) > len(before[shard])  # smaller chunks, more of them
-        assert not set(after[shard].values()) & set(before[shard].values())  # no chunk kept an old hash
+    for shard, row in report["shards"].items():  # rechunked as the migration did: every vector is in the store
+        assert row["embedded"] == 0 and row["upserted"] == 0 and row["chunks"] == len(after[shard]), (shard, row)
     assert_index_matches_source(env)
     assert {r["status"] for r in sync_json()["shards"].values()} == {"unchanged"}
+    assert json.loads(CliRunner().invoke(main, ["migrate", "--drop-old", "--json"]).stdout)["dropped"]
 
 
 def test_model_change_needs_a_new_collection_and_then_re_embeds_everything(env, monkeypatch, tmp_path):
@@ -308,9 +322,9 @@ def test_model_change_needs_a_new_collection_and_then_re_embeds_everything(env, 
     monkeypatch.setenv("RAG_CHUNK_TOKENS", "80")  # as the previous test left the index
     before, _ = table_state(env)
     monkeypatch.setenv("RAG_EMBED_MODEL", str(renamed_model_copy(tmp_path, "rag-test-minilm")))
-    # Same collection, other model: refused before anything runs, by the CLI and by the sensor alike.
+    # Same alias, other model: refused before anything runs, by the CLI and by the sensor alike.
     result = CliRunner().invoke(main, ["sync", "--json"])
-    assert result.exit_code != 0 and "RAG_QDRANT_COLLECTION" in result.output
+    assert result.exit_code != 0 and "rag-assets migrate" in result.output and "RAG_QDRANT_COLLECTION" in result.output
     tick = defs().resolve_sensor_def("source_change_sensor")(dg.build_sensor_context(instance=env.instance(), resources=env.resources()))
     assert isinstance(tick, dg.SkipReason) and "full re-embed" in tick.skip_message
 

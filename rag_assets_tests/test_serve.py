@@ -66,7 +66,7 @@ def test_health_reports_the_collection(server):
     env, url = server
     health = requests.get(f"{url}/health", timeout=10).json()
     status = json.loads(subprocess.run([CLI, "status", "--json"], capture_output=True, text=True, check=True).stdout)["shards"]
-    assert health["status"] == "ok" and health["collection"] == "rag_chunks"
+    assert health["status"] == "ok" and health["collection"] == "rag_chunks" and health["physical_collection"].startswith("rag_chunks__")
     assert health["points"] == sum(row["points"] for row in status.values()) > 0
     assert health["model"].startswith("sentence-transformers/all-MiniLM-L6-v2@")
 

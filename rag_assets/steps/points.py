@@ -82,6 +82,14 @@ def mismatches(desired: pl.DataFrame, live: pl.DataFrame) -> dict[str, list[str]
     }
 
 
+PAYLOAD_FIELDS = ("doc_id", "chunk_id", "chunk_index", "chunk_hash", "title", "text", "source_uri")
+
+
+def point_payload(shard: str, model_key: str, row: dict) -> dict:
+    """What every point carries: the fields search returns and those the index is listed and diffed by."""
+    return {"shard": shard, "model": model_key, **{f: row[f] for f in PAYLOAD_FIELDS}}
+
+
 def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | None = None) -> Iterator[list[Point]]:
     """The points for `keys` (rows of `shard_point_keys`), built from the Iceberg tables `size` at a time.
     Vectors and texts sit in different tables in different orders, so the wanted vectors are first
@@ -115,11 +123,7 @@ def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | N
             batch = batch.join(located, on="chunk_id", maintain_order="left").join(docs, on="doc_id", how="left", maintain_order="left")
             for r in batch.iter_rows(named=True):
                 vector = np.frombuffer(os.pread(fd, row_bytes, r["row"] * row_bytes), dtype=np.float32)
-                points.append(Point(r["point_id"], vector, {
-                    "shard": shard, "model": r["model"], "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
-                    "chunk_index": r["chunk_index"], "chunk_hash": r["chunk_hash"], "title": r["title"],
-                    "text": r["text"], "source_uri": r["source_uri"],
-                }))
+                points.append(Point(r["point_id"], vector, point_payload(shard, r["model"], r)))
                 if len(points) >= size:
                     yield points
                     points = []
