@@ -129,8 +129,11 @@ def others(index: VectorIndex) -> list[str]:
 
 
 def kept_models(index: VectorIndex) -> set[str]:
-    """The models of every physical collection of the alias (live, built by a migration, or kept for a
-    switch back): the vector store keeps their vectors (`VectorStore.collect_garbage`)."""
-    prefix = index.collection + SEPARATOR
-    return {identity["model"] for name in index.collections()
-            if name.startswith(prefix) and (identity := index.identity(name))}
+    """The models of the alias's collections besides the live one's (built by a migration, or kept for a
+    switch back), whose vectors `embeddings` does not reference: the vector store keeps them whole
+    (`VectorStore.collect_garbage`). The live model's unreferenced vectors are collected as usual, so a kept
+    collection of the same model (a chunker change) would re-embed its old chunks on a switch back."""
+    now = live(index)
+    live_model = (now.identity or {}).get("model")
+    return {identity["model"] for name in others(index)
+            if (identity := index.identity(name)) and identity["model"] != live_model}

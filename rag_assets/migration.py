@@ -40,7 +40,7 @@ from rag_assets.vector_store import VectorStore
 
 BATCH = 1024  # chunks looked up, embedded and upserted at a time
 CHUNK_COLUMNS = ("doc_id", "chunk_id", "chunk_index", "text", "chunk_hash")
-BUILT_KEY = "rag/migration/{collection}/{shard}"  # instance KV: the fingerprint a shard was built from
+BUILT_KEY = "rag/migration/{collection}"  # instance KV: JSON {shard: the fingerprint it was built from}
 
 
 @dataclass

@@ -15,6 +15,9 @@ from rag_assets.aliases import live_index
 from rag_assets.index import make_index
 
 MAX_K = 1000  # hits per search
+# The embedded engine admits one process at a time; a writer holds it for the seconds a shard's upserts
+# take. A query waits that long at most, then fails (a 503 from `serve`) rather than hang for minutes.
+QUERY_LOCK_TIMEOUT = 15.0
 HIT_FIELDS = ("shard", "doc_id", "chunk_id", "title", "text")  # payload fields a hit reports, after its score
 
 
@@ -29,6 +32,8 @@ class Searcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.alias = make_index(**settings.qdrant_options(), api_key=os.environ.get("RAG_QDRANT_API_KEY") or None)
+        if hasattr(self.alias, "lock_timeout"):  # the embedded engine
+            self.alias.lock_timeout = QUERY_LOCK_TIMEOUT
 
     @property
     def index(self):

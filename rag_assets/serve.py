@@ -5,7 +5,9 @@ endpoints below in its thread pool, so a slow query never stalls the event loop.
 
 - `GET /search?q=...&k=5&shard=...`: the same JSON as `rag-assets search --json`;
   400 for an empty or missing query or a k outside 1..1000, 404 for a shard the collection does not hold.
-- `GET /health`: {"status": "ok", "collection", "points", "model"}; 503 when the collection cannot answer.
+- `GET /health`: {"status": "ok", "collection" (the alias), "physical_collection", "points", "model"}; 503
+  when the collection cannot answer (also when the embedded engine stays locked by a writer for more than
+  `search.QUERY_LOCK_TIMEOUT` seconds).
 """
 
 from __future__ import annotations

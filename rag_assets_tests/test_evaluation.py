@@ -25,7 +25,7 @@ def test_eval_measures_the_collection_keeps_its_queries_and_fails_on_a_drop(rag_
     run_sync(rag_env.instance(), rag_env.resources())
 
     code, first = eval_json()
-    assert code == 0 and first["collection"] == "rag_chunks" and first["query_source"] == "known-item (new)"
+    assert code == 0 and first["collection"].startswith("rag_chunks__") and first["alias"] == "rag_chunks" and first["query_source"] == "known-item (new)"
     assert first["queries"] >= 5  # one per document with a sentence of 8-40 words
     assert set(first) >= {"recall@1", "recall@5", "recall@10", "mrr@10"}
     assert first["recall@10"] >= 0.8 and first["recall@1"] <= first["recall@5"] <= first["recall@10"]

@@ -75,7 +75,7 @@ def test_settings_reach_the_resource_and_the_api_key_stays_an_env_var(tmp_path, 
     )
     # The key is a reference to the variable, resolved at run time: it never lands in the run's config.
     assert qdrant.api_key == dg.EnvVar("RAG_QDRANT_API_KEY")
-    remote = qdrant.model_copy(update={"api_key": "s3cr3t-key"}).index().client._client._client  # retrying -> QdrantClient -> remote
+    remote = qdrant.model_copy(update={"api_key": "s3cr3t-key"}).alias_index().client._client._client  # retrying -> QdrantClient -> remote
     assert remote._prefer_grpc and remote._grpc_port == 7334 and remote._api_key == "s3cr3t-key"
 
     monkeypatch.setenv("RAG_QDRANT_PREFER_GRPC", "maybe")

@@ -89,7 +89,7 @@ def test_the_qdrant_api_key_outside_a_run_is_the_secret_itself(monkeypatch, tmp_
     monkeypatch.setenv("RAG_QDRANT_API_KEY", "s3cret-key")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # qdrant-client warns that an API key over plain http is insecure
-        for index in (build_resources()["qdrant"].index(), Searcher(Settings.from_env()).index):
+        for index in (build_resources()["qdrant"].alias_index(), Searcher(Settings.from_env()).alias):
             assert index.client._client._init_options["api_key"] == "s3cret-key"
 
 

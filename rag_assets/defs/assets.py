@@ -210,12 +210,12 @@ def vector_index(
         raise dg.Failure(str(exc)) from exc
     with index.session() as session:
         points.prepare_collection(session, index.collection, desired, model_key, model.identity())
+        aliases.publish(qdrant.alias_index(), index.collection)  # a first sync points the alias at it, before any upsert
         to_upsert, to_delete = points.points_to_sync(desired, session.shard_points(shard))
         for batch in points.point_batches(lake, shard, to_upsert):
             session.upsert(batch)
         session.delete(to_delete.to_list())
         live = session.shard_points(shard)
-    aliases.publish(qdrant.alias_index(), index.collection)  # the first sync points the alias at its collection
 
     rows = points.index_rows(desired, points.read_index_rows(lake, shard), shard, index.collection, now())
     with lake.writer(VECTOR_INDEX, shard) as out:

@@ -155,7 +155,7 @@ def eval_report(result) -> dict:
 def _report(meta: dict, passed: bool, check: str) -> dict:
     """What `rag-assets eval --json` prints (and `migrate --json` for each collection)."""
     return {
-        "collection": meta["collection"], "queries": meta["queries"],
+        "collection": meta["collection"], "alias": meta.get("alias"), "queries": meta["queries"],
         **{f"recall@{n}": meta[f"recall@{n}"] for n in evaluation.RECALL_AT}, "mrr@10": meta["mrr@10"],
         "query_source": meta["query_source"], "query_set_id": meta["query_set_id"], "passed": passed, "check": check,
     }

@@ -39,10 +39,18 @@ def target_model(model: ModelResource, config: MigrationConfig) -> ModelResource
                             **({"chunk_overlap": config.chunk_overlap} if config.chunk_overlap >= 0 else {})})
 
 
-def built_fingerprints(instance: dg.DagsterInstance, collection: str, names) -> dict[str, str]:
-    keys = {BUILT_KEY.format(collection=collection, shard=s): s for s in names}
-    found = instance.run_storage.get_cursor_values(set(keys)) if keys else {}
-    return {keys[k]: v for k, v in found.items() if v}
+def built_fingerprints(instance: dg.DagsterInstance, collection: str) -> dict[str, str]:
+    """shard -> the fingerprint it was last built from into `collection` (one instance KV entry per
+    collection; blanked when the collection is dropped, so entries stay as few as collections ever built)."""
+    key = BUILT_KEY.format(collection=collection)
+    return json.loads(instance.run_storage.get_cursor_values({key}).get(key) or "{}")
+
+
+def record_built(instance: dg.DagsterInstance, collection: str, built: dict[str, str]) -> None:
+    # Build steps of a run run one after another (in-process executor), so this read-modify-write does not
+    # race within a run; two runs of one migration at once could lose a record, which costs a rebuild only.
+    key = BUILT_KEY.format(collection=collection)
+    instance.run_storage.set_cursor_values({key: json.dumps({**built_fingerprints(instance, collection), **built})})
 
 
 def stale_shards(instance: dg.DagsterInstance, collection: str) -> tuple[dict[str, str], list[str]]:
@@ -50,7 +58,7 @@ def stale_shards(instance: dg.DagsterInstance, collection: str) -> tuple[dict[st
     the busy ones)."""
     synced = {s: str(m.get(FINGERPRINT) or "") for s, m in latest_metadata(instance, VECTOR_INDEX_KEY).items()}
     synced = {s: fp for s, fp in synced.items() if s in set(instance.get_dynamic_partitions(shards.name))}
-    built = built_fingerprints(instance, collection, synced)
+    built = built_fingerprints(instance, collection)
     busy = busy_shards(instance)
     stale = {s: fp for s, fp in synced.items() if built.get(s) != fp}
     return {s: fp for s, fp in stale.items() if s not in busy}, sorted(set(stale) & busy)
@@ -94,7 +102,7 @@ def build_shards(context, target: dict, todo: dict[str, str], iceberg: IcebergRe
                                 target["identity"], chosen.embedder)
         for shard, fingerprint in todo.items():
             out[shard] = builder.build(shard, context.log).as_dict()
-            context.instance.run_storage.set_cursor_values({BUILT_KEY.format(collection=target["to"], shard=shard): fingerprint})
+            record_built(context.instance, target["to"], {shard: fingerprint})
     return out
 
 
@@ -142,6 +150,8 @@ def finish_migration(context: dg.OpExecutionContext, target: dict, built: list[d
         not_worse = new >= old - eval_settings.tolerance
         if not_worse or target["force"]:
             aliases.switch(alias, target["to"])
+            # From now on syncs keep it: a later migration back to it builds every shard again (a diff).
+            context.instance.run_storage.set_cursor_values({BUILT_KEY.format(collection=target["to"]): ""})
             report.update(switched=True, reason=f"recall@10 {new:.3f} against {old:.3f} live" + ("" if not_worse else " (--force)"))
         else:
             report["reason"] = (f"recall@10 {new:.3f} is below the live {old:.3f} by more than RAG_EVAL_TOLERANCE="
@@ -153,6 +163,7 @@ def finish_migration(context: dg.OpExecutionContext, target: dict, built: list[d
         report["dropped"] = aliases.others(alias)
         for name in report["dropped"]:
             alias.drop_collection(name)
+            context.instance.run_storage.set_cursor_values({BUILT_KEY.format(collection=name): ""})
     report["live"] = live.collection
     report["settings"] = aliases.settings_for(live.identity) if live.identity else {}
     context.log.info(f"migration: {json.dumps({k: report[k] for k in ('from', 'to', 'switched', 'reason')})}")
