@@ -61,7 +61,8 @@ def _millis(t: dt.datetime) -> int:
 
 
 def expire_snapshots(table: Table, older_than: dt.datetime, attempts: int = 25) -> int:
-    """Expire the snapshots older than `older_than`, except the current one (and any branch or tag head).
+    """Expire the snapshots older than `older_than`, except the current one (and any branch or tag head) and
+    the newest of them, which was current at `older_than` (what `rag-assets rollback` to that time restores).
 
     pyiceberg retries a conflicting commit only for transactions that write snapshots, so a commit by a
     shard run in between is met here: reload the table, choose again, try again."""
@@ -72,8 +73,9 @@ def expire_snapshots(table: Table, older_than: dt.datetime, attempts: int = 25) 
             if attempt.retry_state.attempt_number > 1:
                 table = table.refresh()
             current = table.current_snapshot()
-            ids = [s.snapshot_id for s in table.metadata.snapshots
-                   if s.timestamp_ms < _millis(older_than) and (current is None or s.snapshot_id != current.snapshot_id)]
+            old = sorted((s for s in table.metadata.snapshots if s.timestamp_ms < _millis(older_than)), key=lambda s: s.timestamp_ms)
+            # The newest of them was current at the window's edge: a rollback to a time inside the window needs it.
+            ids = [s.snapshot_id for s in old[:-1] if current is None or s.snapshot_id != current.snapshot_id]
             if ids:
                 table.maintenance.expire_snapshots().by_ids(ids).commit()
     return len(ids)

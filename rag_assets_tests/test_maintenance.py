@@ -95,7 +95,8 @@ def test_snapshots_inside_the_retention_window_stay_readable(local_lake):
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)  # every file is old enough to go
     window = later - dt.datetime.fromtimestamp(oldest_kept.timestamp_ms / 1000, dt.timezone.utc)
     report = maintain_table(local_lake, VECTOR_INDEX, RetentionPolicy(window, dt.timedelta(hours=1), dt.timedelta(days=1)), later)
-    assert report["expired_snapshots"] == 4 and report["snapshots"] == len(table.metadata.snapshots) - 4
+    # Snapshot 3 was current at the window's start (a rollback to then restores it): it stays with 4 and later.
+    assert report["expired_snapshots"] == 3 and report["snapshots"] == len(table.metadata.snapshots) - 3
     assert report["deleted"] > 0
     table = local_lake.table(VECTOR_INDEX)
     for snapshot in table.metadata.snapshots:  # time travel into the window still finds every file

@@ -7,6 +7,7 @@ import math
 import random
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from click.testing import CliRunner
 
@@ -118,3 +119,32 @@ def test_a_worse_model_is_refused_caught_up_forced_and_replaced_without_re_embed
     dropped = cli_json("migrate", "--drop-old")
     assert dropped["reason"] == "already live" and dropped["dropped"] == [forced["to"]]
     assert aliases.others(alias) == [] and not alias.collection_exists(forced["to"])
+    # Each `migrate` was a run of the project's migration_job, one step per shard it built, in the UI's history.
+    runs = env.instance().get_runs(dg.RunsFilter(job_name="migration_job"))
+    assert len(runs) == 5 and all(r.tags.get("rag/sync") == "cli" for r in runs)
+
+
+def test_a_deployment_from_before_aliases_is_adopted_by_its_next_sync_without_re_embedding(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch)
+    made_up_corpus(env.source, shards=2, docs=4)
+    first = cli_json("sync")
+    # Make it what an earlier version left: a collection named like the alias, no pointer, no identity.
+    alias = env.resources()["qdrant"].alias_index()
+    physical = aliases.live(alias).collection
+    (alias.root / "rag_chunks.alias.json").unlink()
+    (alias.root / physical).rename(alias.root / "rag_chunks")
+    meta = alias.root / "rag_chunks" / "rag_collection.json"
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "identity"}))
+    assert aliases.live(alias) == aliases.Live("rag_chunks", "rag_chunks", None)
+    assert cli_json("status")["physical_collection"] == "rag_chunks"  # read under its old name meanwhile
+    assert cli_json("search", "anything")["hits"]
+
+    (env.source / "shard0" / "doc0.md").write_text("# Kavas\n\nLomiqua tudor shiben rixzo faner gultem.\n")
+    report = cli_json("sync")
+    assert report["shards"]["shard0"]["status"] == "changed" and report["shards"]["shard0"]["embedded"] == 1
+    assert aliases.live(alias) == aliases.Live("rag_chunks", physical, env.resources()["model"].identity())
+    status = cli_json("status")
+    assert status["physical_collection"] == physical and all(r["in_sync"] for r in status["shards"].values())
+    assert all(r["points"] == r["chunks"] > 0 for r in status["shards"].values())  # every point came along
+    assert first["totals"]["embedded"] == sum(r["chunks"] for r in first["shards"].values())  # (for contrast)
+    assert cli_json("reconcile")["totals"]["extra"] == 0  # the rows naming the old collection still count
