@@ -144,7 +144,7 @@ def roll_back(context, to: dt.datetime, iceberg, qdrant, source, model, retentio
     from rag_assets.runs import busy_shards
     from rag_assets.shard_state import index_settings
 
-    busy = busy_shards(context.instance)
+    busy = busy_shards(context.instance, except_run=context.run_id)  # from here on, this run keeps every shard busy
     if busy:
         raise RuntimeError(f"shards {sorted(busy)} have runs queued or in flight; roll back once they are done")
     lake = iceberg.lakehouse()

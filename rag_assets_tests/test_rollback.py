@@ -113,3 +113,27 @@ def test_a_time_outside_the_window_is_a_clear_error_that_changes_nothing(rag_env
     assert code == 0, out
     emptied = state(rag_env)
     assert all(not rows for rows in emptied["tables"].values()) and emptied["points"] == {}
+
+
+def test_a_rollback_in_flight_keeps_every_shard_busy(rag_env):
+    """No sensor run, sync or migration step interleaves with a rollback: while its run is in flight, every
+    shard is busy (only the rollback itself does not count its own run)."""
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+    from dagster._core.utils import make_new_run_id
+
+    from rag_assets.runs import busy_shards, worker_tags
+
+    write_corpus(rag_env.source)
+    instance = rag_env.instance()
+    run_sync(instance, rag_env.resources())
+    known = set(instance.get_dynamic_partitions(shards.name))
+    rolling = instance.add_run(DagsterRun(job_name="rollback_job", run_id=make_new_run_id(), status=DagsterRunStatus.STARTED,
+                                          tags=worker_tags()))
+    assert busy_shards(instance) == known and busy_shards(instance, except_run=rolling.run_id) == set()
+    shard = sorted(known)[0]
+    (rag_env.source / shard / "added.md").write_text("# Added\n\nA paragraph that arrives while the rollback runs.\n")
+    report = run_sync(instance, rag_env.resources()).as_json()
+    assert report["shards"][shard]["status"] == "busy"
+    instance.report_run_failed(rolling)  # the rollback ended: the shard runs again
+    assert busy_shards(instance) == set()
+    assert run_sync(instance, rag_env.resources()).as_json()["shards"][shard]["status"] == "changed"
