@@ -19,6 +19,7 @@ cannot rename), provided its points are of the configured model: nothing is embe
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from rag_assets.index import VectorIndex
@@ -30,21 +31,33 @@ class IdentityConflict(RuntimeError):
     """The configured model or chunker is not the one of the collection the alias serves."""
 
 
+def quantization(identity: dict | None) -> str:
+    return (identity or {}).get("quantization") or "none"
+
+
+def same_identity(a: dict, b: dict) -> bool:
+    return a["model"] == b["model"] and a["chunker"] == b["chunker"] and quantization(a) == quantization(b)
+
+
 def physical_name(alias: str, identity: dict) -> str:
-    digest = hashlib.sha256(f"{identity['model']}\0{identity['chunker']}".encode()).hexdigest()[:10]
+    # Float32 vectors (no quantization) keep the name they had before quantization was a setting.
+    extra = "" if quantization(identity) == "none" else f"\0{quantization(identity)}"
+    digest = hashlib.sha256(f"{identity['model']}\0{identity['chunker']}{extra}".encode()).hexdigest()[:10]
     return f"{alias}{SEPARATOR}{digest}"
 
 
 def describe(identity: dict | None) -> str:
     if not identity:
         return "an unrecorded model and chunker"
-    return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}"
+    vectors = "" if quantization(identity) == "none" else f", {quantization(identity)}-quantized vectors"
+    return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}{vectors}"
 
 
 def settings_for(identity: dict) -> dict[str, str]:
     """The settings that make `identity` the configured one."""
     return {"RAG_EMBED_MODEL": identity["model_source"], "RAG_EMBED_BACKEND": identity["backend"],
-            "RAG_CHUNK_TOKENS": str(identity["chunk_tokens"]), "RAG_CHUNK_OVERLAP": str(identity["chunk_overlap"])}
+            "RAG_CHUNK_TOKENS": str(identity["chunk_tokens"]), "RAG_CHUNK_OVERLAP": str(identity["chunk_overlap"]),
+            "RAG_QDRANT_QUANTIZATION": quantization(identity)}
 
 
 @dataclass(frozen=True)
@@ -71,10 +84,10 @@ def conflict(index: VectorIndex, identity: dict) -> str | None:
     """Why a sync with `identity` must not write into what the alias serves, or None."""
     now = live(index)
     if now.identity is not None:
-        if now.identity["model"] == identity["model"] and now.identity["chunker"] == identity["chunker"]:
+        if same_identity(now.identity, identity):
             return None
         return (f"the alias {now.alias!r} serves {now.collection!r} ({describe(now.identity)}), but the configuration "
-                f"says {describe(identity)}. A model or chunker change is a migration: `rag-assets migrate` builds it "
+                f"says {describe(identity)}. A model, chunker or quantization change is a migration: `rag-assets migrate` builds it "
                 "beside the live collection and switches when it is not worse; or set the configuration back "
                 f"({' '.join(f'{k}={v}' for k, v in settings_for(now.identity).items())}), or set RAG_QDRANT_COLLECTION "
                 "to a new alias for a full re-embed from scratch.")
@@ -96,7 +109,8 @@ def sync_target(index: VectorIndex, identity: dict) -> VectorIndex:
         raise IdentityConflict(why)
     alias, physical = index.collection, physical_name(index.collection, identity)
     if index.alias_target(alias) is None and index.collection_exists(alias):
-        index.adopt(alias, physical, identity)
+        # Rows of `vector_index` synced before name the alias as their collection: they stand for this one.
+        index.adopt(alias, physical, {**identity, "adopted_from": alias})
         publish(index, physical)
     return index.renamed(physical)
 
@@ -121,19 +135,25 @@ def switch(index: VectorIndex, physical: str) -> str:
     return before
 
 
+def collections_of(index: VectorIndex) -> list[str]:
+    """The alias's physical collections (`<alias>__` and ten hex digits: not another alias's that starts alike)."""
+    pattern = re.compile(re.escape(index.collection + SEPARATOR) + "[0-9a-f]{10}")
+    return [name for name in index.collections() if pattern.fullmatch(name)]
+
+
 def others(index: VectorIndex) -> list[str]:
     """Physical collections of the alias that it does not point at (kept for a switch back)."""
     current = live(index).collection
-    prefix = index.collection + SEPARATOR
-    return [name for name in index.collections() if name.startswith(prefix) and name != current]
+    return [name for name in collections_of(index) if name != current]
 
 
 def kept_models(index: VectorIndex) -> set[str]:
-    """The models of the alias's collections besides the live one's (built by a migration, or kept for a
-    switch back), whose vectors `embeddings` does not reference: the vector store keeps them whole
-    (`VectorStore.collect_garbage`). The live model's unreferenced vectors are collected as usual, so a kept
-    collection of the same model (a chunker change) would re-embed its old chunks on a switch back."""
-    now = live(index)
-    live_model = (now.identity or {}).get("model")
-    return {identity["model"] for name in others(index)
-            if (identity := index.identity(name)) and identity["model"] != live_model}
+    """The models whose vectors the vector store keeps whole (`VectorStore.collect_garbage`): while the alias
+    has more than one collection (a migration built one, or one is kept for a switch back), the models of
+    all of them, since `embeddings` references only the configured model's current chunks, and after a
+    switch not even those until the configuration follows. With one collection, nothing is kept beyond
+    what `embeddings` references."""
+    names = collections_of(index)
+    if len(names) < 2:
+        return set()
+    return {identity["model"] for name in names if (identity := index.identity(name))}

@@ -390,10 +390,13 @@ def rollback(to: str, as_json: bool) -> None:
 @click.option("--backend", default="", type=click.Choice(["", "torch", "onnx"]), help="The target backend; default: RAG_EMBED_BACKEND.")
 @click.option("--chunk-tokens", default=0, type=click.IntRange(0), help="The target chunk size; default: RAG_CHUNK_TOKENS.")
 @click.option("--chunk-overlap", default=-1, type=click.IntRange(-1), help="The target chunk overlap; default: RAG_CHUNK_OVERLAP.")
+@click.option("--quantization", default="", type=click.Choice(["", "none", "int8", "binary"]),
+              help="The target's vector compression; default: RAG_QDRANT_QUANTIZATION.")
 @click.option("--force", is_flag=True, help="Switch the alias even when the new collection evaluates worse.")
 @click.option("--drop-old", is_flag=True, help="Drop the alias's other collections once it points at the target.")
 @click.option("--json", "as_json", is_flag=True)
-def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, force: bool, drop_old: bool, as_json: bool) -> None:
+def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, quantization: str, force: bool, drop_old: bool,
+            as_json: bool) -> None:
     """Build the alias's collection for another model or chunker beside the live one (syncs go on), evaluate
     both, and switch the alias only if the new one is not worse. Exits 1 when the evaluation kept the alias."""
     from rag_assets.defs.migration import migration_run_config
@@ -404,7 +407,7 @@ def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, for
 
     settings = Settings.from_env()
     config = {"model": model, "backend": backend, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
-              "force": force, "drop_old": drop_old}
+              "quantization": quantization, "force": force, "drop_old": drop_old}
     with _home_lock(settings, "migrate"):  # one migration at a time; syncs are not held back
         result = execute_project_job("migration_job", _instance(settings), build_resources(settings),
                                      run_config={**QUIET, **migration_run_config(**config)}, tags={SYNC_TAG: "cli", **worker_tags()})

@@ -48,6 +48,16 @@ def _env_fraction(name: str, default: float) -> float:
     return value
 
 
+QUANTIZATIONS = ("none", "int8", "binary")  # RAG_QDRANT_QUANTIZATION (index.quantization_config)
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_env(name) or default).lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = _env(name)
     if raw is None:
@@ -123,6 +133,7 @@ class Settings:
     qdrant_timeout: int  # seconds per request
     qdrant_retries: int  # retries of a failed server call (connection, timeout, 429, 5xx), backing off
     qdrant_retry_max_wait: int  # seconds: the longest pause between two tries
+    qdrant_quantization: str  # none | int8 | binary: how the collection compresses vectors (part of its identity)
     embed_model: str
     embed_device: str
     embed_backend: str  # torch, or onnx (ONNX Runtime on the CPU: starts in ~0.6 s instead of ~10 s)
@@ -185,6 +196,7 @@ class Settings:
             qdrant_timeout=_env_int("RAG_QDRANT_TIMEOUT", 60),
             qdrant_retries=_env_int("RAG_QDRANT_RETRIES", 5),
             qdrant_retry_max_wait=_env_int("RAG_QDRANT_RETRY_MAX_WAIT", 30),
+            qdrant_quantization=_env_choice("RAG_QDRANT_QUANTIZATION", "none", QUANTIZATIONS),
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
             embed_backend=_env("RAG_EMBED_BACKEND", "torch"),

@@ -229,6 +229,26 @@ class EdgeIndex(VectorIndex):
                 session.close()
 
 
+# Quantized vectors are searched first, then the best `OVERSAMPLING` x k are rescored with the float32
+# vectors (both engines keep those on disk beside the quantized ones, which stay in RAM).
+OVERSAMPLING = {"int8": 2.0, "binary": 4.0}
+
+
+def _quantization(identity: dict | None) -> str:
+    return (identity or {}).get("quantization") or "none"
+
+
+def _edge_quantization(identity: dict | None):
+    from qdrant_edge import BinaryQuantizationConfig, ScalarQuantizationConfig, ScalarType
+
+    kind = _quantization(identity)
+    if kind == "int8":
+        return ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, always_ram=True)
+    if kind == "binary":
+        return BinaryQuantizationConfig(always_ram=True)
+    return None
+
+
 def _edge_filter(shard: str | None = None, model: str | None = None, other_model: str | None = None):
     from qdrant_edge import FieldCondition, Filter, MatchValue
 
@@ -265,9 +285,9 @@ class EdgeSession(IndexSession):
                 found = json.loads(meta.read_text())
                 check_collection(self.index.collection, found["dim"], found.get("distance"), dim)
             return
-        self.shard = EdgeShard.create(
-            str(self.index.path), EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine))
-        )
+        self.shard = EdgeShard.create(str(self.index.path), EdgeConfig(
+            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine), quantization_config=_edge_quantization(identity),
+        ))
         for name in INDEXED_FIELDS:
             self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
         _write_atomically(meta, json.dumps({"dim": dim, "distance": DISTANCE, **({"identity": identity} if identity else {})}))
@@ -329,13 +349,15 @@ class EdgeSession(IndexSession):
         return self.shard.count(CountRequest(exact=True, filter=_edge_filter(shard, model, other_model)))
 
     def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
-        from qdrant_edge import Query, QueryRequest
+        from qdrant_edge import QuantizationSearchParams, Query, QueryRequest, SearchParams
 
         if self.shard is None:
             return []
-        results = self.shard.query(
-            QueryRequest(limit=k, query=Query.Nearest(list(map(float, vector))), filter=_edge_filter(shard), with_payload=True)
-        )
+        params = None
+        if (kind := _quantization(self.index.identity(self.index.collection))) != "none":
+            params = SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
+        results = self.shard.query(QueryRequest(limit=k, query=Query.Nearest(list(map(float, vector))), filter=_edge_filter(shard),
+                                                with_payload=True, params=params))
         return [Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in results]
 
 
@@ -428,6 +450,7 @@ class ServerIndex(VectorIndex):
         self.client = _RetryingClient(_client(url, api_key, prefer_grpc, grpc_port, timeout), url, retries + 1, max_retry_wait)
         self.batch_size = batch_size
         self.parallel = parallel
+        self._identities: dict[str, dict] = {}
 
     def renamed(self, collection: str) -> ServerIndex:
         other = object.__new__(ServerIndex)
@@ -442,9 +465,15 @@ class ServerIndex(VectorIndex):
         return sorted(c.name for c in self.client.get_collections().collections)
 
     def identity(self, name: str) -> dict | None:
+        # A collection's identity never changes once recorded: asked once per process (search asks per query).
+        if name in self._identities:
+            return self._identities[name]
         if not self.collection_exists(name):
             return None
-        return ((self.client.get_collection(name).config.metadata or {}).get("rag_identity")) or None
+        found = ((self.client.get_collection(name).config.metadata or {}).get("rag_identity")) or None
+        if found:
+            self._identities[name] = found
+        return found
 
     def alias_target(self, alias: str) -> str | None:
         return next((a.collection_name for a in self.client.get_aliases().aliases if a.alias_name == alias), None)
@@ -459,6 +488,7 @@ class ServerIndex(VectorIndex):
         self.client.update_collection_aliases(change_aliases_operations=operations)
 
     def drop_collection(self, name: str) -> None:
+        self._identities.pop(name, None)
         if self.collection_exists(name):
             self.client.delete_collection(name)
 
@@ -482,6 +512,17 @@ class ServerIndex(VectorIndex):
     @contextlib.contextmanager
     def session(self) -> Iterator[ServerSession]:
         yield ServerSession(self)
+
+
+def _server_quantization(identity: dict | None):
+    from qdrant_client import models
+
+    kind = _quantization(identity)
+    if kind == "int8":
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+    if kind == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return None
 
 
 def _server_filter(shard: str | None = None, model: str | None = None, other_model: str | None = None):
@@ -512,6 +553,7 @@ class ServerSession(IndexSession):
                 check_collection(self.name, None, None, dim)
             return
         self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                                      quantization_config=_server_quantization(identity),
                                       metadata={"rag_identity": identity} if identity else None)
         for name in INDEXED_FIELDS:
             # `shard` is the tenant key: a server lays each shard's points out together (is_tenant).
@@ -565,8 +607,14 @@ class ServerSession(IndexSession):
     def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
         if not self.exists():
             return []
+        from qdrant_client import models
+
+        params = None
+        if (kind := _quantization(self.index.identity(self.name))) != "none":
+            params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
         response = self.client.query_points(
-            self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True
+            self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True,
+            search_params=params,
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 

@@ -20,6 +20,10 @@ def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
     `iceberg` and `qdrant` are the resources; `busy` is `runs.busy_shards` (those are skipped)."""
     lake = iceberg.lakehouse()
     index = qdrant.index()
+    # Rows name the physical collection they were synced into; those from before aliases name the alias,
+    # and stand for the live collection only while it is the one adopted from them (aliases.sync_target).
+    adopted = (qdrant.alias_index().identity(index.collection) or {}).get("adopted_from")
+    accepted = [index.collection, *([adopted] if adopted else [])]
     listed = lake.row_counts(VECTOR_INDEX)  # shard -> rows, from the table's manifests
 
     shards: dict[str, dict] = {}
@@ -33,10 +37,10 @@ def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
             # physical collection they were synced into (or the alias, before aliases): a shard whose rows
             # are of another collection (a migration switched the alias since) is left to its next sync.
             rows = pl.from_arrow(lake.read_partition(VECTOR_INDEX, shard, ("point_id", "chunk_hash", "collection")))
-            if rows.height and not rows["collection"].is_in([index.collection, qdrant.collection]).any():
+            if rows.height and not rows["collection"].is_in(accepted).any():
                 shards[shard] = {"skipped": f"synced into {rows['collection'][0]!r}; its next sync moves it"}
                 continue
-            want = rows.filter(pl.col("collection").is_in([index.collection, qdrant.collection])).drop("collection")
+            want = rows.filter(pl.col("collection").is_in(accepted)).drop("collection")
             live = session.shard_points(shard) if shard in live_counts else pl.DataFrame(schema=LIVE_POINTS)
             drift = mismatches(want, live)
             missing, stale, extra = drift["missing"], drift["wrong_hash"], drift["extra"]

@@ -23,6 +23,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 import dagster as dg
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from pyiceberg.expressions import AlwaysTrue
 
 from rag_assets.defs.partitions import add_shards, shards
@@ -147,6 +148,9 @@ def roll_back(context, to: dt.datetime, iceberg, qdrant, source, model, retentio
     busy = busy_shards(context.instance, except_run=context.run_id)  # from here on, this run keeps every shard busy
     if busy:
         raise RuntimeError(f"shards {sorted(busy)} have runs queued or in flight; roll back once they are done")
+    migrating = context.instance.get_runs(dg.RunsFilter(job_name="migration_job", statuses=list(NOT_FINISHED_STATUSES)))
+    if migrating:
+        raise RuntimeError(f"a migration (run {migrating[0].run_id}) is in flight; roll back once it is done")
     lake = iceberg.lakehouse()
     synced_before = bool(context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=RAW_DOCUMENTS_KEY, before_timestamp=to.timestamp()), limit=1).records)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from rag_assets.config import Settings
-from rag_assets.embedding import load_embedder
+from rag_assets.embedding import load_embedder, resolve_model
 from rag_assets.aliases import live_index
 from rag_assets.index import make_index
 
@@ -39,13 +39,18 @@ class Searcher:
     def index(self):
         return live_index(self.alias)
 
-    @property
-    def embedder(self):
-        identity = self.alias.identity(self.index.collection)
+    def embedder_for(self, collection: str):
+        """The model of `collection`'s points: the configured one when it is that model (its path is this
+        host's), else the one the collection records."""
         options = self.settings.model_options()
-        if identity:
+        identity = self.alias.identity(collection)
+        if identity and identity["model"] != resolve_model(options["model"], options["backend"]).key:
             options.update(model=identity["model_source"], backend=identity["backend"])
         return load_embedder(**options)
+
+    @property
+    def embedder(self):
+        return self.embedder_for(self.index.collection)
 
     def search(self, query: str, k: int = 5, shard: str | None = None) -> list[dict]:
         """Top-k chunks for `query`, each {"score", "shard", "doc_id", "chunk_id", "title", "text"}."""
@@ -53,8 +58,8 @@ class Searcher:
             raise ValueError("the query is empty")
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        index = self.index
-        vector = self.embedder.encode([query])[0]
+        index = self.index  # resolved once: the query is embedded by the model of the collection it searches
+        vector = self.embedder_for(index.collection).encode([query])[0]
         with index.session() as session:
             hits = session.search(vector, k, shard)
             if shard is not None and not hits and not session.count(shard):
@@ -69,4 +74,4 @@ class Searcher:
                 raise LookupError(f"collection {self.alias.collection!r} does not exist (nothing synced into it yet?)")
             points = session.count()
         return {"status": "ok", "collection": self.alias.collection, "physical_collection": index.collection,
-                "points": points, "model": self.embedder.info.key}
+                "points": points, "model": self.embedder_for(index.collection).info.key}

@@ -32,6 +32,7 @@ VECTOR_INDEX_KEY = dg.AssetKey("vector_index")
 
 FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and vector_index (as synced)
 CHUNKER, MODEL, COLLECTION = "index_chunker", "index_model", "index_collection"
+QUANTIZATION = "index_quantization"  # recorded only when not "none" (records from before it stay valid)
 TIMESTAMP = "_timestamp"  # added by `latest_metadata`: when the materialization was recorded
 ROLLED_BACK = "rolled_back_to"  # on the records `rag-assets rollback` writes (rollback.py)
 # The synced fingerprint of a shard that a rollback brought back although the source no longer lists it:
@@ -54,8 +55,9 @@ class SettingsConflict(RuntimeError):
 
 def index_settings(model, qdrant) -> dict[str, str]:
     """What a synced shard's points depend on besides its content, from the model and qdrant resources:
-    the chunker (which includes the model's tokenizer), the model and the collection."""
-    return {CHUNKER: model.chunker_settings_key(), MODEL: model.info().key, COLLECTION: qdrant.collection}
+    the chunker (which includes the model's tokenizer), the model, the collection and its quantization."""
+    settings = {CHUNKER: model.chunker_settings_key(), MODEL: model.info().key, COLLECTION: qdrant.collection}
+    return settings | ({QUANTIZATION: qdrant.quantization} if qdrant.quantization != "none" else {})
 
 
 def latest_materialization_records(
@@ -91,10 +93,11 @@ def synced_state(instance: dg.DagsterInstance, shard: str, settings: Mapping[str
 
 
 def check_live(model, qdrant) -> None:
-    """Raise SettingsConflict when the configured model or chunker is not the live collection's."""
+    """Raise SettingsConflict when the configured model, chunker or quantization is not the live collection's."""
     from rag_assets.aliases import conflict
+    from rag_assets.defs.resources import index_identity
 
-    if why := conflict(qdrant.alias_index(), model.identity()):
+    if why := conflict(qdrant.alias_index(), index_identity(model, qdrant)):
         raise SettingsConflict(why)
 
 

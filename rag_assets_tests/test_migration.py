@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rag_assets import aliases
 from rag_assets.cli import main
 from rag_assets.config import default_model
+from rag_assets.defs.resources import index_identity
 from rag_assets_tests.conftest import make_env
 
 SYLLABLES = ["ka", "lo", "mi", "ner", "tu", "vas", "pel", "dor", "shi", "qua", "ben", "rix", "zo", "fa", "gul", "tem"]
@@ -73,7 +74,7 @@ def test_a_worse_model_is_refused_caught_up_forced_and_replaced_without_re_embed
     good = aliases.live(alias)
     status = cli_json("status")
     assert status["collection"] == alias.collection and status["physical_collection"] == good.collection
-    assert good.collection == aliases.physical_name(alias.collection, env.resources()["model"].identity())
+    assert good.collection == aliases.physical_name(alias.collection, index_identity(env.resources()["model"], env.resources()["qdrant"]))
 
     # 1. A worse model: built beside the live collection, evaluated on the same queries, refused.
     refused = cli_json("migrate", "--model", str(collapsed_model), code=1)
@@ -142,7 +143,8 @@ def test_a_deployment_from_before_aliases_is_adopted_by_its_next_sync_without_re
     (env.source / "shard0" / "doc0.md").write_text("# Kavas\n\nLomiqua tudor shiben rixzo faner gultem.\n")
     report = cli_json("sync")
     assert report["shards"]["shard0"]["status"] == "changed" and report["shards"]["shard0"]["embedded"] == 1
-    assert aliases.live(alias) == aliases.Live("rag_chunks", physical, env.resources()["model"].identity())
+    assert aliases.live(alias) == aliases.Live("rag_chunks", physical, {**index_identity(env.resources()["model"], env.resources()["qdrant"]),
+                                                                        "adopted_from": "rag_chunks"})
     status = cli_json("status")
     assert status["physical_collection"] == physical and all(r["in_sync"] for r in status["shards"].values())
     assert all(r["points"] == r["chunks"] > 0 for r in status["shards"].values())  # every point came along

@@ -16,7 +16,7 @@ import polars as pl
 from rag_assets import aliases, deletion_guard, progress, shard_state
 from rag_assets.defs import checks
 from rag_assets.defs.partitions import shards
-from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource
+from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource, index_identity
 from rag_assets.launcher import GPU_POOL
 from rag_assets.runs import GPU_TAG
 from rag_assets.steps import chunks as chunking, documents, points, vectors
@@ -204,12 +204,13 @@ def vector_index(
     desired = points.shard_point_keys(lake, shard)
     points.require_model(desired, model_key, shard)
 
-    try:  # the collection the alias serves for this model and chunker (aliases.py)
-        index = aliases.sync_target(qdrant.alias_index(), model.identity())
+    identity = index_identity(model, qdrant)
+    try:  # the collection the alias serves for this model, chunker and quantization (aliases.py)
+        index = aliases.sync_target(qdrant.alias_index(), identity)
     except aliases.IdentityConflict as exc:
         raise dg.Failure(str(exc)) from exc
     with index.session() as session:
-        points.prepare_collection(session, index.collection, desired, model_key, model.identity())
+        points.prepare_collection(session, index.collection, desired, model_key, identity)
         aliases.publish(qdrant.alias_index(), index.collection)  # a first sync points the alias at it, before any upsert
         to_upsert, to_delete = points.points_to_sync(desired, session.shard_points(shard))
         for batch in points.point_batches(lake, shard, to_upsert):

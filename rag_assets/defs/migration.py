@@ -14,7 +14,8 @@ import dagster as dg
 from rag_assets import aliases
 from rag_assets.defs.evaluation import EVAL_KEY, measure
 from rag_assets.defs.partitions import shards
-from rag_assets.defs.resources import EvalResource, IcebergResource, ModelResource, QdrantResource
+from rag_assets.config import QUANTIZATIONS
+from rag_assets.defs.resources import EvalResource, IcebergResource, ModelResource, QdrantResource, index_identity
 from rag_assets.migration import BUILT_KEY, TargetBuilder
 from rag_assets.runs import busy_shards
 from rag_assets.shard_state import FINGERPRINT, VECTOR_INDEX_KEY, latest_metadata
@@ -28,6 +29,7 @@ class MigrationConfig(dg.Config):
     backend: str = ""  # torch | onnx; "" = the configured one
     chunk_tokens: int = 0  # 0 = the configured one
     chunk_overlap: int = -1  # -1 = the configured one
+    quantization: str = ""  # none | int8 | binary; "" = the configured one (RAG_QDRANT_QUANTIZATION)
     force: bool = False  # switch even when the target evaluates worse
     drop_old: bool = False  # drop the alias's other collections once it points at the target
 
@@ -76,7 +78,9 @@ def plan_migration(context: dg.OpExecutionContext, config: MigrationConfig, qdra
     if live.identity is None:
         raise dg.Failure(f"the alias {alias.collection!r} serves no collection yet (or one from before aliases): "
                          "run a sync first, which creates (or adopts) it")
-    identity = target_model(model, config).identity()
+    if config.quantization and config.quantization not in QUANTIZATIONS:
+        raise dg.Failure(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {config.quantization!r}")
+    identity = index_identity(target_model(model, config), qdrant, config.quantization)
     physical = aliases.physical_name(alias.collection, identity)
     target = {"alias": alias.collection, "from": live.collection, "to": physical, "identity": identity,
               "force": config.force, "drop_old": config.drop_old}

@@ -112,6 +112,7 @@ class QdrantResource(dg.ConfigurableResource):
     retries: int = 5
     retry_max_wait: int = 30
     min_free_mb: int = 256  # embedded engine: free space required beyond its sparse files (RAG_MIN_FREE_MB)
+    quantization: str = "none"  # none | int8 | binary (RAG_QDRANT_QUANTIZATION): part of a collection's identity
 
     def check_space(self) -> None:
         """Raise index.DiskFull when the embedded engine could not write (a server's disk is its own)."""
@@ -120,7 +121,7 @@ class QdrantResource(dg.ConfigurableResource):
 
     def alias_index(self) -> VectorIndex:
         """The alias itself (`aliases.sync_target`, migrations); its engine calls reach every collection."""
-        options = self.model_dump()
+        options = self.model_dump(exclude={"quantization"})  # applied when a collection is made (its identity)
         if isinstance(self.api_key, dg.EnvVar):  # outside a run (the CLI's status), Dagster has not resolved it
             options["api_key"] = self.api_key.get_value()
         return make_index(**options)
@@ -129,6 +130,12 @@ class QdrantResource(dg.ConfigurableResource):
         """The physical collection the alias serves, or another collection of the same engine (`collection`)."""
         alias = self.alias_index()
         return alias.renamed(collection) if collection else live_index(alias)
+
+
+def index_identity(model: ModelResource, qdrant: QdrantResource, quantization: str = "") -> dict:
+    """What a physical collection's points depend on (rag_assets/aliases.py): the model, the chunker and how
+    the collection compresses its vectors (`quantization`: another one than the configured)."""
+    return {**model.identity(), "quantization": quantization or qdrant.quantization}
 
 
 class EvalResource(dg.ConfigurableResource):
@@ -176,6 +183,7 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
         "qdrant": QdrantResource(
             **settings.qdrant_options(),
             api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
+            quantization=settings.qdrant_quantization,
         ),
         "eval_settings": EvalResource(queries_file=settings.eval_queries, tolerance=settings.eval_tolerance, size=settings.eval_size),
         "retention": RetentionResource(

@@ -54,8 +54,10 @@ def test_a_switch_is_one_step_and_the_old_collection_stays_until_dropped(alias):
     first, second = (alias.renamed(aliases.physical_name(alias.collection, i)) for i in (M1, M2))
     fill(first, M1, 3)
     aliases.publish(alias, first.collection)
+    assert aliases.kept_models(alias) == set()  # one collection: the store collects garbage as usual
     fill(second, M2, 5)
     assert aliases.others(alias) == [second.collection]
+    assert aliases.kept_models(alias) == {"m1@a", "m2@b"}  # a migration's: both kept whole
     assert aliases.switch(alias, second.collection) == first.collection
     assert aliases.live(alias).identity == M2 and aliases.conflict(alias, M2) is None and aliases.conflict(alias, M1)
     with aliases.live_index(alias).session() as session:
@@ -63,6 +65,9 @@ def test_a_switch_is_one_step_and_the_old_collection_stays_until_dropped(alias):
     assert aliases.others(alias) == [first.collection]
     alias.drop_collection(first.collection)
     assert aliases.others(alias) == [] and not alias.collection_exists(first.collection)
+    # Another alias whose name starts alike is not one of this alias's collections.
+    fill(alias.renamed(alias.collection + "__other__" + "0" * 10), M1, 1)
+    assert aliases.others(alias) == []
 
 
 def test_a_collection_from_before_aliases_is_adopted_without_re_embedding(alias):
@@ -76,8 +81,24 @@ def test_a_collection_from_before_aliases_is_adopted_without_re_embedding(alias)
     assert "2 points of another model" not in (aliases.conflict(alias, M2) or "")
     assert "4 points of another model" in aliases.conflict(alias, M2)
     target = aliases.sync_target(alias, M1)
-    assert aliases.live(alias) == aliases.Live(alias.collection, target.collection, M1)
+    # Recorded as adopted: the rows synced before aliases name the alias and stand for this collection.
+    assert aliases.live(alias) == aliases.Live(alias.collection, target.collection, {**M1, "adopted_from": alias.collection})
     assert not alias.collection_exists(alias.collection)
     with target.session() as session:
         assert session.count(model="m1@a") == 4
     assert aliases.sync_target(alias, M1).collection == target.collection  # once only
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_quantization_is_part_of_the_identity_and_search_rescores(alias, kind):
+    quantized = {**M1, "quantization": kind}
+    assert aliases.physical_name(alias.collection, {**M1, "quantization": "none"}) == aliases.physical_name(alias.collection, M1)
+    assert aliases.physical_name(alias.collection, quantized) != aliases.physical_name(alias.collection, M1)
+    target = alias.renamed(aliases.physical_name(alias.collection, quantized))
+    fill(target, quantized, 5)
+    aliases.publish(alias, target.collection)
+    assert "int8" in aliases.conflict(alias, M1) or "binary" in aliases.conflict(alias, M1)
+    assert aliases.conflict(alias, quantized) is None
+    with aliases.live_index(alias).session() as session:
+        hits = session.search([1.0, 4.0], 2)
+    assert [h.payload["chunk_hash"] for h in hits] == ["h4", "h3"]  # rescored with the float32 vectors
