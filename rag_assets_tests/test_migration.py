@@ -150,3 +150,18 @@ def test_a_deployment_from_before_aliases_is_adopted_by_its_next_sync_without_re
     assert all(r["points"] == r["chunks"] > 0 for r in status["shards"].values())  # every point came along
     assert first["totals"]["embedded"] == sum(r["chunks"] for r in first["shards"].values())  # (for contrast)
     assert cli_json("reconcile")["totals"]["extra"] == 0  # the rows naming the old collection still count
+
+
+def test_quantization_is_an_index_setting_of_its_own_collection(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch, RAG_QDRANT_QUANTIZATION="binary")
+    made_up_corpus(env.source, shards=1, docs=3)
+    assert cli_json("sync")["totals"]["failed"] == 0
+    resources = env.resources()
+    identity = index_identity(resources["model"], resources["qdrant"])
+    assert identity["quantization"] == "binary"
+    assert cli_json("status")["physical_collection"] == aliases.physical_name("rag_chunks", identity)
+    assert cli_json("search", "anything")["hits"]
+    assert {r["status"] for r in cli_json("sync")["shards"].values()} == {"unchanged"}
+    monkeypatch.delenv("RAG_QDRANT_QUANTIZATION")  # float32 configured, binary live: a migration, not a sync
+    refused = CliRunner().invoke(main, ["sync", "--json"])
+    assert refused.exit_code == 1 and "binary-quantized" in refused.output and "RAG_QDRANT_QUANTIZATION=binary" in refused.output
