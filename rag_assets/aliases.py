@@ -83,6 +83,11 @@ def live_index(index: VectorIndex) -> VectorIndex:
 def conflict(index: VectorIndex, identity: dict) -> str | None:
     """Why a sync with `identity` must not write into what the alias serves, or None."""
     now = live(index)
+    if now.identity is None and now.collection != now.alias:
+        # The alias points at a collection that recorded nothing (a server that drops collection metadata):
+        # whether it holds this model's points is unknown, so nothing is written into it.
+        return (f"the alias {now.alias!r} serves {now.collection!r}, which records no model or chunker (does this "
+                "Qdrant server keep collection metadata?); set RAG_QDRANT_COLLECTION to a new alias")
     if now.identity is not None:
         if same_identity(now.identity, identity):
             return None

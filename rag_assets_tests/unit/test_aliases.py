@@ -102,3 +102,15 @@ def test_quantization_is_part_of_the_identity_and_search_rescores(alias, kind):
     with aliases.live_index(alias).session() as session:
         hits = session.search([1.0, 4.0], 2)
     assert [h.payload["chunk_hash"] for h in hits] == ["h4", "h3"]  # rescored with the float32 vectors
+
+
+def test_an_alias_to_a_collection_without_an_identity_is_a_conflict(alias):
+    bare = alias.renamed(alias.collection + "__" + "0" * 10)
+    fill(bare, M1, 1)
+    if isinstance(alias, EdgeIndex):
+        (bare.path / "rag_collection.json").write_text('{"dim": 2, "distance": "cosine"}')
+    else:
+        alias.client.update_collection(bare.collection, metadata={"rag_identity": None})
+        alias._identities.clear()
+    alias.set_alias(alias.collection, bare.collection)
+    assert "records no model or chunker" in aliases.conflict(alias, M1)
