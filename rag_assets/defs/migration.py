@@ -59,7 +59,8 @@ def stale_shards(instance: dg.DagsterInstance, collection: str) -> tuple[dict[st
     """({shard: the fingerprint it is synced to} of the shards not yet built at that fingerprint and not busy,
     the busy ones)."""
     synced = {s: str(m.get(FINGERPRINT) or "") for s, m in latest_metadata(instance, VECTOR_INDEX_KEY).items()}
-    synced = {s: fp for s, fp in synced.items() if s in set(instance.get_dynamic_partitions(shards.name))}
+    known = set(instance.get_dynamic_partitions(shards.name))  # one query, not one per shard
+    synced = {s: fp for s, fp in synced.items() if s in known}
     built = built_fingerprints(instance, collection)
     busy = busy_shards(instance)
     stale = {s: fp for s, fp in synced.items() if built.get(s) != fp}
