@@ -85,9 +85,9 @@ def main() -> None:
             if report["switched"]:  # measure the next one against float32 again
                 cli("migrate", "--quantization", "none", "--force", env=env)
         float32 = runs["int8"]["old"]["collection"]
-        from rag_assets.evaluation import Query  # noqa: F401  (the query set is the migration's)
         import dagster as dg
 
+        # The query set the migrations evaluated with, kept with the newest retrieval_eval materialization.
         record = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey("retrieval_eval"), limit=1).records[0]
         queries = [q["query"] for q in record.asset_materialization.metadata["query_set"].value]
         qdrant = home / "qdrant"

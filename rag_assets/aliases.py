@@ -22,7 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from rag_assets.index import VectorIndex
+from rag_assets.index import VectorIndex, quantization_of
 
 SEPARATOR = "__"
 
@@ -31,17 +31,13 @@ class IdentityConflict(RuntimeError):
     """The configured model or chunker is not the one of the collection the alias serves."""
 
 
-def quantization(identity: dict | None) -> str:
-    return (identity or {}).get("quantization") or "none"
-
-
 def same_identity(a: dict, b: dict) -> bool:
-    return a["model"] == b["model"] and a["chunker"] == b["chunker"] and quantization(a) == quantization(b)
+    return a["model"] == b["model"] and a["chunker"] == b["chunker"] and quantization_of(a) == quantization_of(b)
 
 
 def physical_name(alias: str, identity: dict) -> str:
     # Float32 vectors (no quantization) keep the name they had before quantization was a setting.
-    extra = "" if quantization(identity) == "none" else f"\0{quantization(identity)}"
+    extra = "" if quantization_of(identity) == "none" else f"\0{quantization_of(identity)}"
     digest = hashlib.sha256(f"{identity['model']}\0{identity['chunker']}{extra}".encode()).hexdigest()[:10]
     return f"{alias}{SEPARATOR}{digest}"
 
@@ -49,7 +45,7 @@ def physical_name(alias: str, identity: dict) -> str:
 def describe(identity: dict | None) -> str:
     if not identity:
         return "an unrecorded model and chunker"
-    vectors = "" if quantization(identity) == "none" else f", {quantization(identity)}-quantized vectors"
+    vectors = "" if quantization_of(identity) == "none" else f", {quantization_of(identity)}-quantized vectors"
     return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}{vectors}"
 
 
@@ -57,7 +53,7 @@ def settings_for(identity: dict) -> dict[str, str]:
     """The settings that make `identity` the configured one."""
     return {"RAG_EMBED_MODEL": identity["model_source"], "RAG_EMBED_BACKEND": identity["backend"],
             "RAG_CHUNK_TOKENS": str(identity["chunk_tokens"]), "RAG_CHUNK_OVERLAP": str(identity["chunk_overlap"]),
-            "RAG_QDRANT_QUANTIZATION": quantization(identity)}
+            "RAG_QDRANT_QUANTIZATION": quantization_of(identity)}
 
 
 @dataclass(frozen=True)

@@ -80,14 +80,30 @@ class VectorIndex:
     def session(self) -> contextlib.AbstractContextManager[IndexSession]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def renamed(self, collection: str) -> VectorIndex: ...  # the same engine, another collection
-    def collection_exists(self, name: str) -> bool: ...
-    def collections(self) -> list[str]: ...
-    def identity(self, name: str) -> dict | None: ...  # what `ensure_collection` recorded about its points
-    def alias_target(self, alias: str) -> str | None: ...
-    def set_alias(self, alias: str, collection: str) -> None: ...  # atomic: readers see the old or the new target
-    def drop_collection(self, name: str) -> None: ...
-    def adopt(self, name: str, physical: str, identity: dict) -> None: ...  # a pre-alias collection becomes `physical`
+    # Engine-level calls; each engine implements all of them (a missing one must fail, not answer None).
+    def renamed(self, collection: str) -> VectorIndex:  # the same engine, another collection
+        raise NotImplementedError
+
+    def collection_exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def collections(self) -> list[str]:
+        raise NotImplementedError
+
+    def identity(self, name: str) -> dict | None:  # what `ensure_collection` recorded about its points
+        raise NotImplementedError
+
+    def alias_target(self, alias: str) -> str | None:
+        raise NotImplementedError
+
+    def set_alias(self, alias: str, collection: str) -> None:  # atomic: readers see the old or the new target
+        raise NotImplementedError
+
+    def drop_collection(self, name: str) -> None:
+        raise NotImplementedError
+
+    def adopt(self, name: str, physical: str, identity: dict) -> None:  # a pre-alias collection becomes `physical`
+        raise NotImplementedError
 
 
 class IndexSession:
@@ -234,14 +250,15 @@ class EdgeIndex(VectorIndex):
 OVERSAMPLING = {"int8": 2.0, "binary": 4.0}
 
 
-def _quantization(identity: dict | None) -> str:
+def quantization_of(identity: dict | None) -> str:
+    """How a collection with this identity compresses its vectors: none | int8 | binary."""
     return (identity or {}).get("quantization") or "none"
 
 
 def _edge_quantization(identity: dict | None):
     from qdrant_edge import BinaryQuantizationConfig, ScalarQuantizationConfig, ScalarType
 
-    kind = _quantization(identity)
+    kind = quantization_of(identity)
     if kind == "int8":
         return ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99, always_ram=True)
     if kind == "binary":
@@ -354,7 +371,7 @@ class EdgeSession(IndexSession):
         if self.shard is None:
             return []
         params = None
-        if (kind := _quantization(self.index.identity(self.index.collection))) != "none":
+        if (kind := quantization_of(self.index.identity(self.index.collection))) != "none":
             params = SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
         results = self.shard.query(QueryRequest(limit=k, query=Query.Nearest(list(map(float, vector))), filter=_edge_filter(shard),
                                                 with_payload=True, params=params))
@@ -517,7 +534,7 @@ class ServerIndex(VectorIndex):
 def _server_quantization(identity: dict | None):
     from qdrant_client import models
 
-    kind = _quantization(identity)
+    kind = quantization_of(identity)
     if kind == "int8":
         return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
     if kind == "binary":
@@ -610,7 +627,7 @@ class ServerSession(IndexSession):
         from qdrant_client import models
 
         params = None
-        if (kind := _quantization(self.index.identity(self.name))) != "none":
+        if (kind := quantization_of(self.index.identity(self.name))) != "none":
             params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
         response = self.client.query_points(
             self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True,

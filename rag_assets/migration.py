@@ -102,10 +102,12 @@ class TargetBuilder:
                 todo = batch.join(live, on=["point_id", "chunk_hash"], how="anti")
                 for start in range(0, todo.height, BATCH):
                     part = todo.slice(start, BATCH)
+                    embedded = stats.embedded
                     vectors = self._vectors(part.unique("chunk_hash", maintain_order=True), new_in_store, stats)
+                    if stats.embedded > embedded:  # committed now, so a repeat of the text in a later batch finds it
+                        new_in_store.commit()
                     self._upsert(self._points(shard, part.join(docs, on="doc_id", how="left"), vectors))
                     stats.upserted += part.height
-            new_in_store.commit()
         kept = pl.concat(wanted) if wanted else pl.Series("point_id", [], pl.String)
         gone = live.filter(~pl.col("point_id").is_in(kept.implode()))["point_id"].to_list()
         self.session.delete(gone)

@@ -165,3 +165,20 @@ def test_quantization_is_an_index_setting_of_its_own_collection(tmp_path, monkey
     monkeypatch.delenv("RAG_QDRANT_QUANTIZATION")  # float32 configured, binary live: a migration, not a sync
     refused = CliRunner().invoke(main, ["sync", "--json"])
     assert refused.exit_code == 1 and "binary-quantized" in refused.output and "RAG_QDRANT_QUANTIZATION=binary" in refused.output
+
+
+def test_a_text_repeated_across_build_batches_is_embedded_once(tmp_path, monkeypatch):
+    import rag_assets.migration
+
+    env = make_env(tmp_path, monkeypatch)
+    made_up_corpus(env.source, shards=1, docs=2)
+    (env.source / "shard0" / "twin.md").write_text((env.source / "shard0" / "doc0.md").read_text())  # the same text
+    first = cli_json("sync")
+    assert first["totals"]["failed"] == 0, first
+    monkeypatch.setattr(rag_assets.migration, "BATCH", 1)  # every chunk a batch of its own
+    report = cli_json("migrate", "--chunk-tokens", "40")
+    (row,) = report["shards"].values()
+    with env.resources()["qdrant"].index(report["to"]).session() as session:
+        hashes = session.shard_points("shard0")["chunk_hash"]
+    assert row["points"] == hashes.len() > hashes.n_unique()  # the twin's chunks repeat doc0's
+    assert row["embedded"] == hashes.n_unique(), row  # each text once, although its repeat came in a later batch

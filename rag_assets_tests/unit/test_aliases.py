@@ -97,7 +97,7 @@ def test_quantization_is_part_of_the_identity_and_search_rescores(alias, kind):
     target = alias.renamed(aliases.physical_name(alias.collection, quantized))
     fill(target, quantized, 5)
     aliases.publish(alias, target.collection)
-    assert "int8" in aliases.conflict(alias, M1) or "binary" in aliases.conflict(alias, M1)
+    assert f"{kind}-quantized vectors" in aliases.conflict(alias, M1)
     assert aliases.conflict(alias, quantized) is None
     with aliases.live_index(alias).session() as session:
         hits = session.search([1.0, 4.0], 2)
