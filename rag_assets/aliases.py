@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from rag_assets.index import VectorIndex, quantization_of
+from rag_assets.sparse import encoder_for, sparse_of
 
 SEPARATOR = "__"
 
@@ -32,12 +33,14 @@ class IdentityConflict(RuntimeError):
 
 
 def same_identity(a: dict, b: dict) -> bool:
-    return a["model"] == b["model"] and a["chunker"] == b["chunker"] and quantization_of(a) == quantization_of(b)
+    return (a["model"] == b["model"] and a["chunker"] == b["chunker"] and quantization_of(a) == quantization_of(b)
+            and sparse_of(a) == sparse_of(b))
 
 
 def physical_name(alias: str, identity: dict) -> str:
-    # Float32 vectors (no quantization) keep the name they had before quantization was a setting.
+    # Float32, dense-only collections keep the name they had before quantization and sparse vectors were settings.
     extra = "" if quantization_of(identity) == "none" else f"\0{quantization_of(identity)}"
+    extra += "" if sparse_of(identity) == "none" else f"\0sparse:{sparse_of(identity)}"
     digest = hashlib.sha256(f"{identity['model']}\0{identity['chunker']}{extra}".encode()).hexdigest()[:10]
     return f"{alias}{SEPARATOR}{digest}"
 
@@ -46,14 +49,17 @@ def describe(identity: dict | None) -> str:
     if not identity:
         return "an unrecorded model and chunker"
     vectors = "" if quantization_of(identity) == "none" else f", {quantization_of(identity)}-quantized vectors"
-    return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}{vectors}"
+    sparse = ", no sparse vectors" if sparse_of(identity) == "none" else f", sparse vectors {sparse_of(identity)}"
+    return f"model {identity['model']}, {identity['chunk_tokens']}-token chunks overlapping {identity['chunk_overlap']}{vectors}{sparse}"
 
 
 def settings_for(identity: dict) -> dict[str, str]:
     """The settings that make `identity` the configured one."""
     return {"RAG_EMBED_MODEL": identity["model_source"], "RAG_EMBED_BACKEND": identity["backend"],
             "RAG_CHUNK_TOKENS": str(identity["chunk_tokens"]), "RAG_CHUNK_OVERLAP": str(identity["chunk_overlap"]),
-            "RAG_QDRANT_QUANTIZATION": quantization_of(identity)}
+            "RAG_QDRANT_QUANTIZATION": quantization_of(identity),
+            **({"RAG_SPARSE": "bm25", "RAG_SPARSE_LANGUAGE": encoder.language} if (encoder := encoder_for(sparse_of(identity)))
+               else {"RAG_SPARSE": "none"})}
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ def conflict(index: VectorIndex, identity: dict) -> str | None:
         if same_identity(now.identity, identity):
             return None
         return (f"the alias {now.alias!r} serves {now.collection!r} ({describe(now.identity)}), but the configuration "
-                f"says {describe(identity)}. A model, chunker or quantization change is a migration: `rag-assets migrate` builds it "
+                f"says {describe(identity)}. A model, chunker, quantization or sparse encoder change is a migration: `rag-assets migrate` builds it "
                 "beside the live collection and switches when it is not worse; or set the configuration back "
                 f"({' '.join(f'{k}={v}' for k, v in settings_for(now.identity).items())}), or set RAG_QDRANT_COLLECTION "
                 "to a new alias for a full re-embed from scratch.")
@@ -108,12 +114,16 @@ def sync_target(index: VectorIndex, identity: dict) -> VectorIndex:
     `publish` then points a new alias at it, once it exists."""
     if why := conflict(index, identity):
         raise IdentityConflict(why)
-    alias, physical = index.collection, physical_name(index.collection, identity)
+    alias = index.collection
     if index.alias_target(alias) is None and index.collection_exists(alias):
         # Rows of `vector_index` synced before name the alias as their collection: they stand for this one.
-        index.adopt(alias, physical, {**identity, "adopted_from": alias})
-        publish(index, physical)
-    return index.renamed(physical)
+        # Its points have no sparse vectors (they came later): with RAG_SPARSE=bm25 the next step is a migration.
+        adopted = {**identity, "sparse": "none", "adopted_from": alias}
+        index.adopt(alias, physical_name(alias, adopted), adopted)
+        publish(index, physical_name(alias, adopted))
+        if why := conflict(index, identity):
+            raise IdentityConflict(why)
+    return index.renamed(physical_name(alias, identity))
 
 
 def publish(index: VectorIndex, physical: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from rag_assets.config import Settings
+from rag_assets.config import SEARCH_MODES, Settings
 from rag_assets.search import MAX_K
 
 
@@ -194,7 +194,9 @@ def _print_sync(data: dict) -> None:
 
 def _print_eval(report: dict) -> None:
     figures = "  ".join(f"{k} {report[k]:.3f}" for k in ("recall@1", "recall@5", "recall@10", "mrr@10"))
-    click.echo(f"retrieval ({report['collection']}, {report['queries']} queries, {report['query_source']}): {figures}")
+    click.echo(f"retrieval ({report['collection']}, {report['mode']}, {report['queries']} queries, {report['query_source']}): {figures}")
+    for mode, row in report.get("modes", {}).items():
+        click.echo(f"  {mode:>6}: recall@10 {row['recall@10']:.3f}  mrr@10 {row['mrr@10']:.3f}  {row['ms_per_query']:.1f} ms/query")
     if not report["passed"]:
         click.echo(f"  check failed: {report['check']}", err=True)
 
@@ -203,34 +205,39 @@ def _print_eval(report: dict) -> None:
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, MAX_K), help="How many chunks.")
 @click.option("--shard", default=None, help="Only this shard.")
+@click.option("--mode", default=None, type=click.Choice(SEARCH_MODES),
+              help="dense (meaning), sparse (BM25: exact words) or hybrid (both, fused); default: RAG_SEARCH_MODE.")
 @click.option("--json", "as_json", is_flag=True)
-def search(query: str, k: int, shard: str | None, as_json: bool) -> None:
+def search(query: str, k: int, shard: str | None, mode: str | None, as_json: bool) -> None:
     """Top-k chunks for QUERY with score, shard, doc_id and text."""
     if not query.strip():
         raise click.BadParameter("the query is empty", param_hint="QUERY")
-    hits = _search(Settings.from_env(), query, k, shard)
+    answer = _search(Settings.from_env(), query, k, shard, mode)
     if as_json:
-        click.echo(json.dumps({"query": query, "hits": hits}, indent=2))
+        click.echo(json.dumps(answer, indent=2))
         return
-    for i, h in enumerate(hits, 1):
+    for i, h in enumerate(answer["hits"], 1):
         click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}")
         click.echo("   " + " ".join(h["text"][:300].split()))
 
 
-def _search(settings: Settings, query: str, k: int, shard: str | None) -> list[dict]:
+def _search(settings: Settings, query: str, k: int, shard: str | None, mode: str | None) -> dict:
     from rag_assets.search import Searcher, UnknownShard
+    from rag_assets.sparse import ModeUnavailable
 
     try:
-        return Searcher(settings).search(query, k, shard)
+        return Searcher(settings).answer(query, k, shard, mode)
     except UnknownShard as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from exc
+    except ModeUnavailable as exc:
+        raise click.BadParameter(str(exc), param_hint="--mode") from exc
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 def serve(host: str, port: int) -> None:
-    """Search over HTTP with the model loaded once: GET /search?q=...&k=5&shard=..., GET /health."""
+    """Search over HTTP with the model loaded once: GET /search?q=...&k=5&shard=...&mode=hybrid, GET /health."""
     from rag_assets.search import Searcher
     from rag_assets.serve import serve as run_server
 
@@ -392,11 +399,13 @@ def rollback(to: str, as_json: bool) -> None:
 @click.option("--chunk-overlap", default=-1, type=click.IntRange(-1), help="The target chunk overlap; default: RAG_CHUNK_OVERLAP.")
 @click.option("--quantization", default="", type=click.Choice(["", "none", "int8", "binary"]),
               help="The target's vector compression; default: RAG_QDRANT_QUANTIZATION.")
+@click.option("--sparse", default="", type=click.Choice(["", "bm25", "none"]),
+              help="The target's sparse vectors (BM25, for hybrid search); default: RAG_SPARSE.")
 @click.option("--force", is_flag=True, help="Switch the alias even when the new collection evaluates worse.")
 @click.option("--drop-old", is_flag=True, help="Drop the alias's other collections once it points at the target.")
 @click.option("--json", "as_json", is_flag=True)
-def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, quantization: str, force: bool, drop_old: bool,
-            as_json: bool) -> None:
+def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, quantization: str, sparse: str, force: bool,
+            drop_old: bool, as_json: bool) -> None:
     """Build the alias's collection for another model or chunker beside the live one (syncs go on), evaluate
     both, and switch the alias only if the new one is not worse. Exits 1 when the evaluation kept the alias."""
     from rag_assets.defs.migration import migration_run_config
@@ -407,7 +416,7 @@ def migrate(model: str, backend: str, chunk_tokens: int, chunk_overlap: int, qua
 
     settings = Settings.from_env()
     config = {"model": model, "backend": backend, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
-              "quantization": quantization, "force": force, "drop_old": drop_old}
+              "quantization": quantization, "sparse": sparse, "force": force, "drop_old": drop_old}
     with _home_lock(settings, "migrate"):  # one migration at a time; syncs are not held back
         result = execute_project_job("migration_job", _instance(settings), build_resources(settings),
                                      run_config={**QUIET, **migration_run_config(**config)}, tags={SYNC_TAG: "cli", **worker_tags()})

@@ -49,6 +49,11 @@ def _env_fraction(name: str, default: float) -> float:
 
 
 QUANTIZATIONS = ("none", "int8", "binary")  # RAG_QDRANT_QUANTIZATION (index.quantization_config)
+SPARSE_ENCODINGS = ("bm25", "none")  # RAG_SPARSE (rag_assets/sparse.py)
+SEARCH_MODES = ("hybrid", "dense", "sparse")  # RAG_SEARCH_MODE
+# RAG_SPARSE_LANGUAGE: the languages qdrant-edge's BM25 has stopwords and a stemmer for.
+SPARSE_LANGUAGES = ("english", "arabic", "chinese", "danish", "dutch", "finnish", "french", "german", "greek", "hungarian",
+                    "italian", "japanese", "norwegian", "portuguese", "romanian", "russian", "spanish", "swedish", "turkish")
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -134,6 +139,9 @@ class Settings:
     qdrant_retries: int  # retries of a failed server call (connection, timeout, 429, 5xx), backing off
     qdrant_retry_max_wait: int  # seconds: the longest pause between two tries
     qdrant_quantization: str  # none | int8 | binary: how the collection compresses vectors (part of its identity)
+    sparse: str  # bm25 | none: a BM25 sparse vector beside each dense one (part of the collection's identity)
+    sparse_language: str  # the stopwords and Snowball stemmer of the sparse vectors (english, german, ...)
+    search_mode: str  # hybrid | dense | sparse: how search, serve and retrieval_eval query the collection
     embed_model: str
     embed_device: str
     embed_backend: str  # torch, or onnx (ONNX Runtime on the CPU: starts in ~0.6 s instead of ~10 s)
@@ -197,6 +205,9 @@ class Settings:
             qdrant_retries=_env_int("RAG_QDRANT_RETRIES", 5),
             qdrant_retry_max_wait=_env_int("RAG_QDRANT_RETRY_MAX_WAIT", 30),
             qdrant_quantization=_env_choice("RAG_QDRANT_QUANTIZATION", "none", QUANTIZATIONS),
+            sparse=_env_choice("RAG_SPARSE", "bm25", SPARSE_ENCODINGS),
+            sparse_language=_env_choice("RAG_SPARSE_LANGUAGE", "english", SPARSE_LANGUAGES),
+            search_mode=_env_choice("RAG_SEARCH_MODE", "hybrid", SEARCH_MODES),
             embed_model=_env("RAG_EMBED_MODEL") or default_model(),
             embed_device=_env("RAG_EMBED_DEVICE", "auto"),
             embed_backend=_env("RAG_EMBED_BACKEND", "torch"),

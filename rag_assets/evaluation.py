@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 from pyiceberg.expressions import AlwaysTrue
 
+from rag_assets.sparse import query_vectors
 from rag_assets.tables import RAW_DOCUMENTS, Lakehouse
 
 K = 10  # hits fetched per query
@@ -134,15 +135,23 @@ def evaluate(search: Callable[[list[str]], list[list[str]]], queries: Sequence[Q
             "mrr@10": round(reciprocal / n_queries, 4)}
 
 
-def index_search(embedder, index, k: int = K) -> Callable[[list[str]], list[list[str]]]:
-    """`evaluate`'s search over a live collection: the queries encoded in one call, one session."""
+def index_searches(embedder, encoder, index, modes: Sequence[str], k: int = K) -> dict[str, Callable[[list[str]], list[list[str]]]]:
+    """`evaluate`'s search over a live collection for each of `modes` (dense, sparse, hybrid): the queries
+    are encoded once (dense ones in one model call) for all modes, each mode searched in one session."""
+    encoded: dict[tuple[str, ...], list[tuple]] = {}
 
-    def search(texts: list[str]) -> list[list[str]]:
-        vectors = embedder.encode(texts)
-        with index.session() as session:
-            return [[h.payload.get("doc_id") for h in session.search(v, k)] for v in vectors]
+    def search_in(mode: str):
+        def search(texts: list[str]) -> list[list[str]]:
+            if tuple(texts) not in encoded:
+                encoded[tuple(texts)] = query_vectors(texts, "hybrid" if encoder else "dense", embedder, encoder)
+            with index.session() as session:
+                return [[h.payload.get("doc_id") for h in session.search(dense if mode != "sparse" else None, k, None,
+                                                                           words if mode != "dense" else None)]
+                        for dense, words in encoded[tuple(texts)]]
 
-    return search
+        return search
+
+    return {mode: search_in(mode) for mode in modes}
 
 
 def tolerance_check(current: float, accepted: float | None, tolerance: float) -> tuple[bool, str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from rag_assets.faults import failpoint
+from rag_assets.sparse import SPARSE_VECTOR, sparse_of
 
 log = logging.getLogger(__name__)
 POINT_NAMESPACE = uuid.UUID("6f1c54a4-8a51-4c3e-9f38-2b1d8f0b7a10")
@@ -45,6 +46,18 @@ class Point:
     id: str
     vector: Sequence[float]
     payload: dict
+    sparse: tuple[Sequence[int], Sequence[float]] | None = None  # (indices, values) of the BM25 vector
+
+
+SparseQuery = tuple[Sequence[int], Sequence[float]]
+# Hybrid search fuses the best PREFETCH x k of each vector by reciprocal rank (k=RRF_K, the value of the
+# RRF paper, given explicitly since the engines' defaults differ).
+PREFETCH, MIN_PREFETCH, RRF_K = 4, 40, 60
+
+
+def has_sparse(identity: dict | None) -> bool:
+    """Whether a collection with this identity holds a sparse vector per point (rag_assets/sparse.py)."""
+    return sparse_of(identity) != "none"
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,8 @@ class IndexSession:
     def delete(self, ids: Sequence[str]) -> None: ...
     def delete_shard(self, shard: str) -> int: ...
     def count(self, shard: str | None = None, model: str | None = None, other_model: str | None = None) -> int: ...
-    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]: ...
+    # Dense (`vector`), sparse (`sparse`) or, given both, hybrid: the two fused by reciprocal rank.
+    def search(self, vector: Sequence[float] | None, k: int, shard: str | None = None, sparse: SparseQuery | None = None) -> list[Hit]: ...
     def exists(self) -> bool: ...
     def shard_counts(self) -> dict[str, int]: ...  # shard -> points, for every shard the collection holds
 
@@ -274,6 +288,15 @@ def _edge_filter(shard: str | None = None, model: str | None = None, other_model
     return Filter(must=must or None, must_not=must_not) if (must or must_not) else None
 
 
+def _edge_vectors(point: Point):
+    from qdrant_edge import SparseVector
+
+    dense = list(map(float, point.vector))
+    if point.sparse is None:
+        return dense
+    return {"": dense, SPARSE_VECTOR: SparseVector(list(point.sparse[0]), list(point.sparse[1]))}
+
+
 class EdgeSession(IndexSession):
     def __init__(self, index: EdgeIndex):
         from qdrant_edge import EdgeShard
@@ -302,8 +325,12 @@ class EdgeSession(IndexSession):
                 found = json.loads(meta.read_text())
                 check_collection(self.index.collection, found["dim"], found.get("distance"), dim)
             return
+        from qdrant_edge import EdgeSparseVectorParams, Modifier
+
+        sparse = {SPARSE_VECTOR: EdgeSparseVectorParams(modifier=Modifier.Idf)} if has_sparse(identity) else None
         self.shard = EdgeShard.create(str(self.index.path), EdgeConfig(
-            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine), quantization_config=_edge_quantization(identity),
+            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine), sparse_vectors=sparse,
+            quantization_config=_edge_quantization(identity),
         ))
         for name in INDEXED_FIELDS:
             self.shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
@@ -328,7 +355,7 @@ class EdgeSession(IndexSession):
         for start in range(0, len(points), self.index.batch_size):
             batch = points[start : start + self.index.batch_size]
             self.shard.update(
-                UpdateOperation.upsert_points([EdgePoint(p.id, list(map(float, p.vector)), p.payload) for p in batch])
+                UpdateOperation.upsert_points([EdgePoint(p.id, _edge_vectors(p), p.payload) for p in batch])
             )
             self.dirty = True
             failpoint("index.upsert_batch")
@@ -365,17 +392,24 @@ class EdgeSession(IndexSession):
             return 0
         return self.shard.count(CountRequest(exact=True, filter=_edge_filter(shard, model, other_model)))
 
-    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
-        from qdrant_edge import QuantizationSearchParams, Query, QueryRequest, SearchParams
+    def search(self, vector: Sequence[float] | None, k: int, shard: str | None = None, sparse: SparseQuery | None = None) -> list[Hit]:
+        from qdrant_edge import Fusion, Prefetch, QuantizationSearchParams, Query, QueryRequest, SearchParams, SparseVector
 
         if self.shard is None:
             return []
         params = None
         if (kind := quantization_of(self.index.identity(self.index.collection))) != "none":
             params = SearchParams(quantization=QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
-        results = self.shard.query(QueryRequest(limit=k, query=Query.Nearest(list(map(float, vector))), filter=_edge_filter(shard),
-                                                with_payload=True, params=params))
-        return [Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in results]
+        dense = Query.Nearest(list(map(float, vector))) if vector is not None else None
+        words = Query.Nearest(SparseVector(list(sparse[0]), list(sparse[1])), using=SPARSE_VECTOR) if sparse is not None else None
+        where = _edge_filter(shard)
+        if dense is not None and words is not None:
+            limit = max(PREFETCH * k, MIN_PREFETCH)
+            request = QueryRequest(limit=k, prefetches=[Prefetch(limit, dense, params=params, filter=where), Prefetch(limit, words, filter=where)],
+                                   query=Fusion.Rrf(k=RRF_K), with_payload=True)
+        else:
+            request = QueryRequest(limit=k, query=dense or words, filter=where, with_payload=True, params=params if dense else None)
+        return [Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in self.shard.query(request)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -550,6 +584,15 @@ def _server_filter(shard: str | None = None, model: str | None = None, other_mod
     return models.Filter(must=must or None, must_not=must_not) if (must or must_not) else None
 
 
+def _server_vectors(point: Point):
+    from qdrant_client import models
+
+    dense = list(map(float, point.vector))
+    if point.sparse is None:
+        return dense
+    return {"": dense, SPARSE_VECTOR: models.SparseVector(indices=list(point.sparse[0]), values=list(point.sparse[1]))}
+
+
 class ServerSession(IndexSession):
     def __init__(self, index: ServerIndex):
         self.index = index
@@ -569,8 +612,9 @@ class ServerSession(IndexSession):
             else:
                 check_collection(self.name, None, None, dim)
             return
+        sparse = {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)} if has_sparse(identity) else None
         self.client.create_collection(self.name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                                      quantization_config=_server_quantization(identity),
+                                      sparse_vectors_config=sparse, quantization_config=_server_quantization(identity),
                                       metadata={"rag_identity": identity} if identity else None)
         for name in INDEXED_FIELDS:
             # `shard` is the tenant key: a server lays each shard's points out together (is_tenant).
@@ -592,7 +636,7 @@ class ServerSession(IndexSession):
         if points:
             self.client.upload_points(
                 self.name,
-                (models.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=p.payload) for p in points),
+                (models.PointStruct(id=p.id, vector=_server_vectors(p), payload=p.payload) for p in points),
                 batch_size=self.index.batch_size, parallel=self.index.parallel, max_retries=3, wait=True,
             )
 
@@ -621,7 +665,7 @@ class ServerSession(IndexSession):
             return 0
         return self.client.count(self.name, count_filter=_server_filter(shard, model, other_model), exact=True).count
 
-    def search(self, vector: Sequence[float], k: int, shard: str | None = None) -> list[Hit]:
+    def search(self, vector: Sequence[float] | None, k: int, shard: str | None = None, sparse: SparseQuery | None = None) -> list[Hit]:
         if not self.exists():
             return []
         from qdrant_client import models
@@ -629,10 +673,21 @@ class ServerSession(IndexSession):
         params = None
         if (kind := quantization_of(self.index.identity(self.name))) != "none":
             params = models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING[kind]))
-        response = self.client.query_points(
-            self.name, query=list(map(float, vector)), limit=k, query_filter=_server_filter(shard), with_payload=True,
-            search_params=params,
-        )
+        dense = list(map(float, vector)) if vector is not None else None
+        words = models.SparseVector(indices=list(sparse[0]), values=list(sparse[1])) if sparse is not None else None
+        where = _server_filter(shard)
+        if dense is not None and words is not None:
+            limit = max(PREFETCH * k, MIN_PREFETCH)
+            response = self.client.query_points(
+                self.name, limit=k, with_payload=True, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                prefetch=[models.Prefetch(query=dense, limit=limit, filter=where, params=params),
+                          models.Prefetch(query=words, using=SPARSE_VECTOR, limit=limit, filter=where)],
+            )
+        else:
+            response = self.client.query_points(
+                self.name, query=dense if dense is not None else words, using=None if dense is not None else SPARSE_VECTOR,
+                limit=k, query_filter=where, with_payload=True, search_params=params if dense is not None else None,
+            )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
 

@@ -5,6 +5,8 @@ collection (aliases.physical_name) beside the live one, shard by shard, from the
 
 - chunks: the `chunks` partition as it is when the chunker stays; split again from `raw_documents` with
   the target chunker when it changes (nothing is written to `chunks`, which the live alias still needs);
+- sparse vectors: as the chunks table holds them when they are the target's encoder's, else encoded again
+  (no model: ~30 µs a chunk);
 - vectors: from the vector store by (chunk_hash, target model), through the target model only when the
   store has none; new vectors go to the store, so the syncs after the switch reuse every one of them;
 - points: diffed by id and chunk hash against what the target collection holds, as `vector_index` does:
@@ -32,6 +34,7 @@ import polars as pl
 
 from rag_assets.chunking import Chunker
 from rag_assets.index import IndexSession, Point, point_id_for
+from rag_assets.sparse import SparseEncoder, encoder_for, sparse_of
 from rag_assets.steps import chunks as chunking
 from rag_assets.steps.points import point_payload
 from rag_assets.steps.vectors import new_vectors
@@ -56,14 +59,16 @@ class ShardBuild:
         return dict(self.__dict__)
 
 
-def chunk_batches(lake: Lakehouse, shard: str, chunker: Chunker, rechunk: bool) -> Iterator[pl.DataFrame]:
-    """The shard's chunks under `chunker` (CHUNK_COLUMNS): as the chunks table holds them, or split again."""
+def chunk_batches(lake: Lakehouse, shard: str, chunker: Chunker, encoder: SparseEncoder | None, rechunk: bool) -> Iterator[pl.DataFrame]:
+    """The shard's chunks under `chunker` (CHUNK_COLUMNS and SPARSE_COLUMNS, by `encoder`): as the chunks
+    table holds them (sparse vectors encoded only where the table's are another encoder's), or split again."""
+    columns = list(CHUNK_COLUMNS + chunking.SPARSE_COLUMNS)
     if not rechunk:
-        for batch in lake.partition_batches(CHUNKS, shard, CHUNK_COLUMNS):
-            yield pl.from_arrow(batch)
+        for batch in lake.partition_batches(CHUNKS, shard, tuple(columns)):
+            yield pl.from_arrow(batch if chunking.sparse_is_current(batch, encoder) else chunking.with_sparse(batch, encoder))
         return
     for batch in lake.partition_batches(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash")):
-        yield pl.from_arrow(chunking.chunk_rows(shard, batch, chunker).select(list(CHUNK_COLUMNS)))
+        yield pl.from_arrow(chunking.chunk_rows(shard, batch, chunker, encoder).select(columns))
 
 
 def needs_rechunk(lake: Lakehouse, shard: str, chunker: Chunker) -> bool:
@@ -90,13 +95,17 @@ class TargetBuilder:
             self._embedder = self.load_embedder()
         return self._embedder.encode(texts)
 
+    @property
+    def encoder(self) -> SparseEncoder | None:
+        return encoder_for(sparse_of(self.identity))
+
     def build(self, shard: str, log) -> ShardBuild:
         stats = ShardBuild(rechunked=needs_rechunk(self.lake, shard, self.chunker))
         live = self.session.shard_points(shard)  # point_id, chunk_hash the target holds for the shard now
         docs = pl.from_arrow(self.lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
         wanted: list[pl.Series] = []
         with self.store.appender(self.model_key) as new_in_store:
-            for batch in chunk_batches(self.lake, shard, self.chunker, stats.rechunked):
+            for batch in chunk_batches(self.lake, shard, self.chunker, self.encoder, stats.rechunked):
                 batch = batch.with_columns(point_id=pl.Series([point_id_for(c) for c in batch["chunk_id"]], dtype=pl.String))
                 wanted.append(batch["point_id"])
                 todo = batch.join(live, on=["point_id", "chunk_hash"], how="anti")
@@ -137,5 +146,7 @@ class TargetBuilder:
         return found
 
     def _points(self, shard: str, rows: pl.DataFrame, vectors: dict[str, np.ndarray]) -> list[Point]:
-        return [Point(r["point_id"], vectors[r["chunk_hash"]], point_payload(shard, self.model_key, r))
+        sparse = self.encoder is not None
+        return [Point(r["point_id"], vectors[r["chunk_hash"]], point_payload(shard, self.model_key, r),
+                      (r["sparse_indices"], r["sparse_values"]) if sparse else None)
                 for r in rows.iter_rows(named=True)]

@@ -11,7 +11,8 @@ the table no longer knows at all. Shards with a run in flight are skipped: that 
 import polars as pl
 
 from rag_assets.index import LIVE_POINTS
-from rag_assets.steps.points import mismatches, point_batches, shard_point_keys
+from rag_assets.sparse import sparse_of
+from rag_assets.steps.points import ShardMismatch, mismatches, point_batches, shard_point_keys
 from rag_assets.tables import VECTOR_INDEX
 
 
@@ -22,7 +23,8 @@ def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
     index = qdrant.index()
     # Rows name the physical collection they were synced into; those from before aliases name the alias,
     # and stand for the live collection only while it is the one adopted from them (aliases.sync_target).
-    adopted = (qdrant.alias_index().identity(index.collection) or {}).get("adopted_from")
+    identity = qdrant.alias_index().identity(index.collection) or {}
+    adopted = identity.get("adopted_from")
     accepted = [index.collection, *([adopted] if adopted else [])]
     listed = lake.row_counts(VECTOR_INDEX)  # shard -> rows, from the table's manifests
 
@@ -49,8 +51,12 @@ def reconcile_index(iceberg, qdrant, busy: set[str], log) -> dict:
                 broken = want.filter(pl.col("point_id").is_in(missing + stale))
                 repair = shard_point_keys(lake, shard).join(broken, on=["point_id", "chunk_hash"], how="semi")
                 pending = len(missing) + len(stale) - repair.height
-                for points in point_batches(lake, shard, repair):  # rebuilt from the tables, a batch at a time
-                    session.upsert(points)
+                try:
+                    for points in point_batches(lake, shard, repair, sparse_of(identity)):  # rebuilt from the tables, a batch at a time
+                        session.upsert(points)
+                except ShardMismatch as exc:  # the chunks are not yet encoded for this collection: its next sync repairs it
+                    shards[shard] = {"skipped": str(exc)}
+                    continue
             session.delete(extra)
             if missing or stale or extra or pending:
                 shards[shard] = {"missing": len(missing), "stale": len(stale), "extra": len(extra), "pending": pending}

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 
-from rag_assets.config import Settings
+from rag_assets.config import SEARCH_MODES, Settings
 from rag_assets.embedding import load_embedder, resolve_model
 from rag_assets.aliases import live_index
 from rag_assets.index import make_index
+from rag_assets.sparse import encoder_for, query_vectors, sparse_of, usable_mode
 
 MAX_K = 1000  # hits per search
 # The embedded engine admits one process at a time; a writer holds it for the seconds a shard's upserts
@@ -52,19 +53,32 @@ class Searcher:
     def embedder(self):
         return self.embedder_for(self.index.collection)
 
-    def search(self, query: str, k: int = 5, shard: str | None = None) -> list[dict]:
-        """Top-k chunks for `query`, each {"score", "shard", "doc_id", "chunk_id", "title", "text"}."""
+    def answer(self, query: str, k: int = 5, shard: str | None = None, mode: str | None = None) -> dict:
+        """{"query", "mode" (the one it ran in), "collection", "hits"}: the top-k chunks for `query`, each
+        {"score", "shard", "doc_id", "chunk_id", "title", "text"}. `mode` (default RAG_SEARCH_MODE): dense,
+        sparse (BM25) or hybrid (both, fused by reciprocal rank)."""
+        mode = mode or self.settings.search_mode
         if not query.strip():
             raise ValueError("the query is empty")
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        index = self.index  # resolved once: the query is embedded by the model of the collection it searches
-        vector = self.embedder_for(index.collection).encode([query])[0]
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        index = self.index  # resolved once: the query is encoded as the collection it searches was
+        identity = self.alias.identity(index.collection)
+        mode = usable_mode(mode, identity, index.collection)
+        embedder = self.embedder_for(index.collection) if mode != "sparse" else None  # BM25 alone loads no model
+        ((vector, words),) = query_vectors([query], mode, embedder, encoder_for(sparse_of(identity)))
         with index.session() as session:
-            hits = session.search(vector, k, shard)
+            hits = session.search(vector, k, shard, words)
             if shard is not None and not hits and not session.count(shard):
                 raise UnknownShard(f"no shard {shard!r} in the collection (`rag-assets status` lists the shards)")
-        return [{"score": h.score, **{f: h.payload.get(f) for f in HIT_FIELDS}} for h in hits]
+        return {"query": query, "mode": mode, "collection": index.collection,
+                "hits": [{"score": h.score, **{f: h.payload.get(f) for f in HIT_FIELDS}} for h in hits]}
+
+    def search(self, query: str, k: int = 5, shard: str | None = None, mode: str | None = None) -> list[dict]:
+        """The hits of `answer`."""
+        return self.answer(query, k, shard, mode)["hits"]
 
     def health(self) -> dict:
         """What a load balancer asks: the collection answers, with how many points, and the model."""

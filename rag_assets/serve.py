@@ -3,8 +3,10 @@
 Starlette on uvicorn: both already come with dagster-webserver, and Starlette runs the plain (blocking)
 endpoints below in its thread pool, so a slow query never stalls the event loop.
 
-- `GET /search?q=...&k=5&shard=...`: the same JSON as `rag-assets search --json`;
-  400 for an empty or missing query or a k outside 1..1000, 404 for a shard the collection does not hold.
+- `GET /search?q=...&k=5&shard=...&mode=hybrid`: the same JSON as `rag-assets search --json` (with the mode
+  it ran in: hybrid falls back to dense on a collection without sparse vectors); 400 for an empty or missing
+  query, a k outside 1..1000, an unknown mode or sparse on a collection without sparse vectors, 404 for a
+  shard the collection does not hold.
 - `GET /health`: {"status": "ok", "collection" (the alias), "physical_collection", "points", "model"}; 503
   when the collection cannot answer (also when the embedded engine stays locked by a writer for more than
   `search.QUERY_LOCK_TIMEOUT` seconds).
@@ -19,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from rag_assets.config import SEARCH_MODES
 from rag_assets.search import MAX_K, Searcher, UnknownShard
+from rag_assets.sparse import ModeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,19 @@ def build_app(searcher: Searcher) -> Starlette:
             return _error(400, "the query is empty: pass it as ?q=...")
         if not 1 <= k <= MAX_K:
             return _error(400, f"k must be an integer between 1 and {MAX_K}, got {k}")
+        mode = request.query_params.get("mode") or None
+        if mode is not None and mode not in SEARCH_MODES:
+            return _error(400, f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
         try:
-            hits = searcher.search(query, k, request.query_params.get("shard") or None)
+            answer = searcher.answer(query, k, request.query_params.get("shard") or None, mode)
         except UnknownShard as exc:
             return _error(404, str(exc))
+        except ModeUnavailable as exc:
+            return _error(400, str(exc))
         except Exception as exc:  # the engine or the server failed: say so, keep serving
             log.exception("search failed")
             return _error(503, f"{type(exc).__name__}: {exc}")
-        return JSONResponse({"query": query, "hits": hits})
+        return JSONResponse(answer)
 
     def health(request: Request) -> JSONResponse:
         try:

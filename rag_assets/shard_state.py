@@ -33,6 +33,7 @@ VECTOR_INDEX_KEY = dg.AssetKey("vector_index")
 FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and vector_index (as synced)
 CHUNKER, MODEL, COLLECTION = "index_chunker", "index_model", "index_collection"
 QUANTIZATION = "index_quantization"  # recorded only when not "none" (records from before it stay valid)
+SPARSE = "index_sparse"  # the sparse encoder key; likewise recorded only when not "none"
 TIMESTAMP = "_timestamp"  # added by `latest_metadata`: when the materialization was recorded
 ROLLED_BACK = "rolled_back_to"  # on the records `rag-assets rollback` writes (rollback.py)
 # The synced fingerprint of a shard that a rollback brought back although the source no longer lists it:
@@ -55,9 +56,12 @@ class SettingsConflict(RuntimeError):
 
 def index_settings(model, qdrant) -> dict[str, str]:
     """What a synced shard's points depend on besides its content, from the model and qdrant resources:
-    the chunker (which includes the model's tokenizer), the model, the collection and its quantization."""
+    the chunker (which includes the model's tokenizer), the model, the collection, its quantization and the
+    sparse encoder."""
     settings = {CHUNKER: model.chunker_settings_key(), MODEL: model.info().key, COLLECTION: qdrant.collection}
-    return settings | ({QUANTIZATION: qdrant.quantization} if qdrant.quantization != "none" else {})
+    encoder = model.sparse_encoder()
+    return (settings | ({QUANTIZATION: qdrant.quantization} if qdrant.quantization != "none" else {})
+            | ({SPARSE: encoder.key} if encoder else {}))
 
 
 def latest_materialization_records(
@@ -93,7 +97,8 @@ def synced_state(instance: dg.DagsterInstance, shard: str, settings: Mapping[str
 
 
 def check_live(model, qdrant) -> None:
-    """Raise SettingsConflict when the configured model, chunker or quantization is not the live collection's."""
+    """Raise SettingsConflict when the configured model, chunker, quantization or sparse encoder is not the live
+    collection's."""
     from rag_assets.aliases import conflict
     from rag_assets.defs.resources import index_identity
 

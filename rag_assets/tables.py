@@ -110,6 +110,11 @@ CHUNKS = TableSpec(
         # content_hash of the document the chunk came from: an unchanged document keeps its chunks
         # without being split again. Optional so that tables made before it gain it by evolution.
         ("doc_hash", S, False),
+        # The chunk's BM25 term weights (rag_assets/sparse.py) and the encoder that made them; null with
+        # RAG_SPARSE=none. Optional, like doc_hash, so that older tables gain them by evolution.
+        ("sparse_encoder", S, False),
+        ("sparse_indices", ListType(101, LongType(), element_required=True), False),
+        ("sparse_values", ListType(102, FloatType(), element_required=True), False),
     ),
     ("doc_id", "chunk_index"),
 )
@@ -160,6 +165,9 @@ COLUMN_DOCS = {
     "char_end": "offset after the chunk's last character in the document text",
     "chunk_hash": "sha256 of chunker settings and chunk text: the key of vector reuse (with model)",
     "doc_hash": "content_hash of the document the chunk came from",
+    "sparse_encoder": "the BM25 encoder (version and language) of sparse_indices and sparse_values; null without sparse vectors",
+    "sparse_indices": "term ids (hashed stemmed words) of the chunk's sparse vector",
+    "sparse_values": "BM25 term-frequency weight of each term id (the engine applies IDF at query time)",
     "model": "embedding model id and revision (with the weights' digest)",
     "dim": "vector dimension",
     "vector": "float32 embedding",

@@ -18,6 +18,7 @@ from rag_assets.defs import checks
 from rag_assets.defs.partitions import shards
 from rag_assets.defs.resources import IcebergResource, ModelResource, QdrantResource, SourceResource, index_identity
 from rag_assets.launcher import GPU_POOL
+from rag_assets.sparse import sparse_of
 from rag_assets.runs import GPU_TAG
 from rag_assets.steps import chunks as chunking, documents, points, vectors
 from rag_assets.steps.rows import KeptColumns, frame_digest, keep_stamps, now, stacked, table_metadata
@@ -109,17 +110,21 @@ def raw_documents(context: dg.AssetExecutionContext, source: SourceResource, ice
 def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: ModelResource) -> dg.MaterializeResult:
     started, shard = time.perf_counter(), context.partition_key
     lake = iceberg.lakehouse()
-    chunker = model.chunker()
+    chunker, encoder = model.chunker(), model.sparse_encoder()
     plan = chunking.read_chunk_plan(lake, shard, chunker)
     kept_metadata: list[pl.DataFrame] = []  # doc_id, metadata now, of the documents that keep their chunks
+    sparse = chunking.SparseStats()
 
     with lake.writer(CHUNKS, shard) as out:
         written = KeptColumns(out, ("chunk_id", "chunk_hash", "token_count"), CHUNKS)
         for batch in lake.partition_batches(RAW_DOCUMENTS, shard, ("doc_id", "text", "metadata", "content_hash")):
             kept, to_split = plan.split_batch(batch)
             kept_metadata.append(kept)
-            written.add(chunking.chunk_rows(shard, to_split, chunker))
-        for rows in chunking.kept_chunks(lake, shard, stacked(kept_metadata, {"doc_id": pl.String, "metadata": pl.String})):
+            new_chunks = chunking.chunk_rows(shard, to_split, chunker, encoder)
+            sparse.encoded += new_chunks.num_rows if encoder else 0
+            written.add(new_chunks)
+        kept_now = stacked(kept_metadata, {"doc_id": pl.String, "metadata": pl.String})
+        for rows in chunking.kept_chunks(lake, shard, kept_now, encoder, sparse):
             written.add(rows)
         result = out.commit()
     keys = written.frame()
@@ -130,6 +135,8 @@ def chunks(context: dg.AssetExecutionContext, iceberg: IcebergResource, model: M
             documents_split=plan.to_split,
             **chunking.chunk_counts(keys),
             chunker=chunker.settings_key,
+            sparse_encoder=encoder.key if encoder else "none",
+            sparse_encoded=sparse.encoded,  # chunks whose BM25 vector was computed; the others were copied
         ),
         data_version=dg.DataVersion(frame_digest(keys.select("chunk_id", "chunk_hash"))),
     )
@@ -213,7 +220,7 @@ def vector_index(
         points.prepare_collection(session, index.collection, desired, model_key, identity)
         aliases.publish(qdrant.alias_index(), index.collection)  # a first sync points the alias at it, before any upsert
         to_upsert, to_delete = points.points_to_sync(desired, session.shard_points(shard))
-        for batch in points.point_batches(lake, shard, to_upsert):
+        for batch in points.point_batches(lake, shard, to_upsert, sparse_of(identity)):
             session.upsert(batch)
         session.delete(to_delete.to_list())
         live = session.shard_points(shard)

@@ -15,6 +15,9 @@ from rag_assets import evaluation
 from rag_assets.defs.assets import GROUP, OWNERS, vector_index
 from rag_assets.defs.resources import EvalResource, IcebergResource, ModelResource, QdrantResource
 from rag_assets.shard_state import VECTOR_INDEX_KEY
+from rag_assets.sparse import usable_mode
+
+MODES = ("dense", "sparse", "hybrid")  # measured side by side on a collection with sparse vectors
 
 EVAL_KEY = dg.AssetKey("retrieval_eval")
 RECALL_NOT_WORSE = dg.AssetCheckSpec(
@@ -76,18 +79,30 @@ def measure(instance: dg.DagsterInstance, iceberg: IcebergResource, qdrant: Qdra
     with index.session() as session:
         if not session.exists():  # a mistyped --collection, or nothing synced yet: not a recall of 0 that passes
             raise dg.Failure(f"collection {index.collection!r} does not exist (nothing synced into it yet?)")
-    identity = qdrant.alias_index().identity(index.collection)  # queries are embedded by the collection's own model
-    embedder = (model.with_identity(identity) if identity else model).embedder()
-    metrics = evaluation.evaluate(evaluation.index_search(embedder, index), queries)
+    identity = qdrant.alias_index().identity(index.collection)  # queries are encoded as the collection's points were
+    chosen = model.with_identity(identity) if identity else model
+    embedder, encoder = chosen.embedder(), chosen.sparse_encoder()
+    mode = usable_mode(eval_settings.mode, identity, index.collection)  # what search does there: the one judged
+    by_mode = {}
+    for name, search in evaluation.index_searches(embedder, encoder, index, MODES if encoder else ("dense",)).items():
+        timed = time.perf_counter()
+        by_mode[name] = {**evaluation.evaluate(search, queries), "ms_per_query": round((time.perf_counter() - timed) * 1000 / max(len(queries), 1), 2)}
+    metrics = {k: v for k, v in by_mode[mode].items() if k != "ms_per_query"}
     set_id = evaluation.query_set_id(query_set)
     accepted = next((m.get("accepted_recall@10") for m in earlier
-                     if m.get("collection") == index.collection and m.get("query_set_id") == set_id), None)
+                     if m.get("collection") == index.collection and m.get("query_set_id") == set_id
+                     and m.get("mode", "dense") == mode), None)  # (evaluations before search modes were dense)
     passed, why = evaluation.tolerance_check(metrics["recall@10"], accepted, eval_settings.tolerance)
     # The accepted value only rises: drops within the tolerance must not add up from one run to the next.
     new_accepted = (max(accepted, metrics["recall@10"]) if accepted is not None else metrics["recall@10"]) if passed else accepted
-    log.info(f"{index.collection}: {metrics} ({source}); {why}")
+    log.info(f"{index.collection}: {mode} {metrics} ({source}); {why}; by mode: {by_mode}")
     metadata = {
         **metrics,
+        "mode": mode,
+        # Every mode the collection can answer, side by side (each also as a plotted number).
+        "modes": dg.MetadataValue.json(by_mode),
+        **{f"{name}_{figure}": value for name, row in by_mode.items() for figure, value in row.items()
+           if figure in ("recall@10", "mrr@10", "ms_per_query")},
         "collection": index.collection,
         "alias": qdrant.collection,
         "model": embedder.info.key,
@@ -104,7 +119,8 @@ def measure(instance: dg.DagsterInstance, iceberg: IcebergResource, qdrant: Qdra
 
 @dg.asset(
     group_name=GROUP, owners=OWNERS, kinds={"qdrant", "python"}, deps=[vector_index], check_specs=[RECALL_NOT_WORSE],
-    description="Known-item (or RAG_EVAL_QUERIES) retrieval quality of the live collection: recall@1/5/10 and MRR@10.",
+    description="Known-item (or RAG_EVAL_QUERIES) retrieval quality of the live collection: recall@1/5/10 and MRR@10 in "
+                "RAG_SEARCH_MODE, and of dense, sparse and hybrid search side by side.",
 )
 def retrieval_eval(
     context: dg.AssetExecutionContext, config: EvalConfig, iceberg: IcebergResource, qdrant: QdrantResource,
@@ -155,7 +171,8 @@ def eval_report(result) -> dict:
 def _report(meta: dict, passed: bool, check: str) -> dict:
     """What `rag-assets eval --json` prints (and `migrate --json` for each collection)."""
     return {
-        "collection": meta["collection"], "alias": meta.get("alias"), "queries": meta["queries"],
+        "collection": meta["collection"], "alias": meta.get("alias"), "mode": meta.get("mode", "dense"),
+        "modes": meta.get("modes", {}), "queries": meta["queries"],
         **{f"recall@{n}": meta[f"recall@{n}"] for n in evaluation.RECALL_AT}, "mrr@10": meta["mrr@10"],
         "query_source": meta["query_source"], "query_set_id": meta["query_set_id"], "passed": passed, "check": check,
     }

@@ -14,7 +14,7 @@ import dagster as dg
 from rag_assets import aliases
 from rag_assets.defs.evaluation import EVAL_KEY, measure
 from rag_assets.defs.partitions import shards
-from rag_assets.config import QUANTIZATIONS
+from rag_assets.config import QUANTIZATIONS, SPARSE_ENCODINGS
 from rag_assets.defs.resources import EvalResource, IcebergResource, ModelResource, QdrantResource, index_identity
 from rag_assets.migration import BUILT_KEY, TargetBuilder
 from rag_assets.runs import busy_shards
@@ -30,6 +30,7 @@ class MigrationConfig(dg.Config):
     chunk_tokens: int = 0  # 0 = the configured one
     chunk_overlap: int = -1  # -1 = the configured one
     quantization: str = ""  # none | int8 | binary; "" = the configured one (RAG_QDRANT_QUANTIZATION)
+    sparse: str = ""  # bm25 | none; "" = the configured one (RAG_SPARSE)
     force: bool = False  # switch even when the target evaluates worse
     drop_old: bool = False  # drop the alias's other collections once it points at the target
 
@@ -38,7 +39,8 @@ def target_model(model: ModelResource, config: MigrationConfig) -> ModelResource
     return ModelResource(**{**model.model_dump(), **({"model": config.model} if config.model else {}),
                             **({"backend": config.backend} if config.backend else {}),
                             **({"chunk_tokens": config.chunk_tokens} if config.chunk_tokens else {}),
-                            **({"chunk_overlap": config.chunk_overlap} if config.chunk_overlap >= 0 else {})})
+                            **({"chunk_overlap": config.chunk_overlap} if config.chunk_overlap >= 0 else {}),
+                            **({"sparse": config.sparse} if config.sparse else {})})
 
 
 def built_fingerprints(instance: dg.DagsterInstance, collection: str) -> dict[str, str]:
@@ -81,6 +83,8 @@ def plan_migration(context: dg.OpExecutionContext, config: MigrationConfig, qdra
                          "run a sync first, which creates (or adopts) it")
     if config.quantization and config.quantization not in QUANTIZATIONS:
         raise dg.Failure(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {config.quantization!r}")
+    if config.sparse and config.sparse not in SPARSE_ENCODINGS:
+        raise dg.Failure(f"sparse must be one of {', '.join(SPARSE_ENCODINGS)}, got {config.sparse!r}")
     identity = index_identity(target_model(model, config), qdrant, config.quantization)
     physical = aliases.physical_name(alias.collection, identity)
     target = {"alias": alias.collection, "from": live.collection, "to": physical, "identity": identity,

@@ -21,6 +21,7 @@ from rag_assets.index import VectorIndex, check_free_space, make_index
 from rag_assets.maintenance import RetentionPolicy
 from rag_assets.parsing import RecordFields
 from rag_assets.source import Source, open_source
+from rag_assets.sparse import SparseEncoder, encoder_for, sparse_of
 from rag_assets.tables import Lakehouse
 
 
@@ -61,7 +62,8 @@ class IcebergResource(dg.ConfigurableResource):
 
 
 class ModelResource(dg.ConfigurableResource):
-    """The embedding model and the chunker that counts tokens with the model's own tokenizer."""
+    """The embedding model, the chunker that counts tokens with the model's own tokenizer, and the sparse
+    (BM25) encoder of the chunks (rag_assets/sparse.py)."""
 
     model: str
     backend: str = "torch"  # torch, or onnx (ONNX Runtime, CPU): part of the model's identity
@@ -71,6 +73,8 @@ class ModelResource(dg.ConfigurableResource):
     batch_tokens: int = 0  # padded tokens per batch; 0 = by device
     chunk_tokens: int = 200
     chunk_overlap: int = 32
+    sparse: str = "bm25"  # bm25 | none (RAG_SPARSE)
+    sparse_language: str = "english"  # RAG_SPARSE_LANGUAGE
 
     def info(self) -> ModelInfo:
         return resolve_model(self.model, self.backend)
@@ -85,15 +89,24 @@ class ModelResource(dg.ConfigurableResource):
     def embedder(self) -> TextBatcher:
         return load_embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
 
+    def sparse_encoder(self) -> SparseEncoder | None:
+        return SparseEncoder(self.sparse_language) if self.sparse == "bm25" else None
+
     def identity(self) -> dict:
-        """What a collection's points depend on (rag_assets/aliases.py): the model and the chunker."""
+        """What a collection's points depend on (rag_assets/aliases.py): the model, the chunker and the sparse encoder."""
+        encoder = self.sparse_encoder()
         return {"model": self.info().key, "model_source": self.model, "backend": self.backend,
-                "chunker": self.chunker_settings_key(), "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
+                "chunker": self.chunker_settings_key(), "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap,
+                "sparse": encoder.key if encoder else "none"}
 
     def with_identity(self, identity: dict) -> ModelResource:
-        """This resource (device, batch sizes) for another model and chunker, e.g. a migration's or a collection's."""
+        """This resource (device, batch sizes) for another model, chunker and sparse encoder, e.g. a migration's
+        or a collection's."""
+        encoder = encoder_for(sparse_of(identity))
         return ModelResource(**{**self.model_dump(), "model": identity["model_source"], "backend": identity["backend"],
-                                "chunk_tokens": identity["chunk_tokens"], "chunk_overlap": identity["chunk_overlap"]})
+                                "chunk_tokens": identity["chunk_tokens"], "chunk_overlap": identity["chunk_overlap"],
+                                "sparse": "bm25" if encoder else "none",
+                                "sparse_language": encoder.language if encoder else self.sparse_language})
 
 
 class QdrantResource(dg.ConfigurableResource):
@@ -144,6 +157,7 @@ class EvalResource(dg.ConfigurableResource):
     queries_file: str = ""  # RAG_EVAL_QUERIES; "" = known-item queries generated from the corpus
     tolerance: float = 0.02  # RAG_EVAL_TOLERANCE
     size: int = 100  # RAG_EVAL_SIZE: known-item queries generated
+    mode: str = "hybrid"  # RAG_SEARCH_MODE: the mode whose recall the check and a migration's gate judge
 
 
 class RetentionResource(dg.ConfigurableResource):
@@ -179,13 +193,16 @@ def build_resources(settings: Settings | None = None) -> dict[str, dg.Configurab
             batch_tokens=settings.embed_batch_tokens,
             chunk_tokens=settings.chunk_tokens,
             chunk_overlap=settings.chunk_overlap,
+            sparse=settings.sparse,
+            sparse_language=settings.sparse_language,
         ),
         "qdrant": QdrantResource(
             **settings.qdrant_options(),
             api_key=dg.EnvVar("RAG_QDRANT_API_KEY") if os.environ.get("RAG_QDRANT_API_KEY") else None,
             quantization=settings.qdrant_quantization,
         ),
-        "eval_settings": EvalResource(queries_file=settings.eval_queries, tolerance=settings.eval_tolerance, size=settings.eval_size),
+        "eval_settings": EvalResource(queries_file=settings.eval_queries, tolerance=settings.eval_tolerance, size=settings.eval_size,
+                                      mode=settings.search_mode),
         "retention": RetentionResource(
             snapshot_retention_hours=settings.snapshot_retention_hours,
             orphan_age_hours=settings.orphan_age_hours,

@@ -4,6 +4,10 @@ Rule (document by content hash + chunker): a document whose content hash is the 
 previous chunks, split by the same chunker, keeps those chunks without being split again; they are
 copied over with the document's metadata as it is now. The chunker's settings are part of every chunk
 hash, so one previous chunk tells whether the chunker changed.
+
+Rule (sparse vector by chunk + encoder): a chunk's BM25 vector is encoded when its document is split, and
+copied with the kept chunks; kept chunks are encoded again only when the encoder changed
+(rag_assets/sparse.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rag_assets.chunking import Chunker, chunk_id_for
+from rag_assets.sparse import SparseEncoder
 from rag_assets.tables import CHUNKS, RAW_DOCUMENTS, Lakehouse
+
+SPARSE_COLUMNS = ("sparse_encoder", "sparse_indices", "sparse_values")
 
 
 def same_chunker(lake: Lakehouse, shard: str, chunker: Chunker) -> bool:
@@ -56,8 +63,30 @@ def read_chunk_plan(lake: Lakehouse, shard: str, chunker: Chunker) -> ChunkPlan:
     return plan_chunks(documents, pl.from_arrow(previous))
 
 
-def chunk_rows(shard: str, documents: pa.Table, chunker: Chunker) -> pa.Table:
-    """The chunks rows of `documents` (doc_id, text, metadata, content_hash), split by `chunker`."""
+def with_sparse(rows: pa.Table, encoder: SparseEncoder | None) -> pa.Table:
+    """`rows` (with a text column) with SPARSE_COLUMNS encoded from their texts by `encoder` (nulls for none)."""
+    n = rows.num_rows
+    if encoder is None:
+        columns = [pa.nulls(n, CHUNKS.arrow_schema.field(c).type) for c in SPARSE_COLUMNS]
+    else:
+        columns = [pa.array([encoder.key] * n, pa.string()), *encoder.documents(rows["text"].to_pylist())]
+    for name, column in zip(SPARSE_COLUMNS, columns):
+        rows = rows.drop_columns([name]) if name in rows.column_names else rows
+        rows = rows.append_column(name, column.cast(CHUNKS.arrow_schema.field(name).type))
+    return rows
+
+
+def sparse_is_current(rows: pa.Table, encoder: SparseEncoder | None) -> bool:
+    """Whether every row's sparse vector is `encoder`'s (rows from before sparse vectors have none)."""
+    found = rows["sparse_encoder"] if "sparse_encoder" in rows.column_names else pa.nulls(rows.num_rows, pa.string())
+    if encoder is None:
+        return found.null_count == rows.num_rows
+    return found.null_count == 0 and pc.all(pc.equal(found, encoder.key)).as_py()
+
+
+def chunk_rows(shard: str, documents: pa.Table, chunker: Chunker, encoder: SparseEncoder | None) -> pa.Table:
+    """The chunks rows of `documents` (doc_id, text, metadata, content_hash), split by `chunker`, with
+    their sparse vectors by `encoder`."""
     rows = []
     for doc in documents.select(["doc_id", "text", "metadata", "content_hash"]).to_pylist():
         for c in chunker.split(doc["text"]):
@@ -67,16 +96,27 @@ def chunk_rows(shard: str, documents: pa.Table, chunker: Chunker) -> pa.Table:
                 "char_start": c.char_start, "char_end": c.char_end, "chunk_hash": c.chunk_hash,
                 "metadata": doc["metadata"], "doc_hash": doc["content_hash"],
             })
-    return pa.Table.from_pylist(rows, CHUNKS.arrow_schema)
+    return with_sparse(pa.Table.from_pylist(rows, CHUNKS.arrow_schema), encoder)
 
 
-def kept_chunks(lake: Lakehouse, shard: str, metadata_now: pl.DataFrame) -> Iterator[pl.DataFrame]:
-    """The previous chunks of the documents in `metadata_now` (doc_id, metadata), with that metadata."""
+@dataclass
+class SparseStats:
+    encoded: int = 0  # chunks whose sparse vector was computed (the others were copied)
+
+
+def kept_chunks(lake: Lakehouse, shard: str, metadata_now: pl.DataFrame, encoder: SparseEncoder | None,
+                stats: SparseStats) -> Iterator[pa.Table]:
+    """The previous chunks of the documents in `metadata_now` (doc_id, metadata), with that metadata; their
+    sparse vectors are encoded again only where the encoder changed."""
     if metadata_now.is_empty():
         return
     for batch in lake.partition_batches(CHUNKS, shard):
         batch = pl.from_arrow(batch).join(metadata_now, on="doc_id", how="inner", suffix="_now", maintain_order="left")
-        yield batch.with_columns(metadata=pl.col("metadata_now")).drop("metadata_now")
+        batch = batch.with_columns(metadata=pl.col("metadata_now")).drop("metadata_now").to_arrow()
+        if not sparse_is_current(batch, encoder):
+            batch = with_sparse(batch, encoder)
+            stats.encoded += batch.num_rows if encoder else 0
+        yield batch
 
 
 def chunk_counts(written: pl.DataFrame) -> dict[str, int]:

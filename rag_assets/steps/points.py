@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow.compute as pc
 
 from rag_assets.index import CollectionMismatch, IndexSession, Point, point_id_for
+from rag_assets.steps.chunks import SPARSE_COLUMNS
 from rag_assets.steps.rows import keep_stamps
 from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, VECTOR_INDEX, Lakehouse
 
@@ -40,6 +41,13 @@ def shard_point_keys(lake: Lakehouse, shard: str) -> pl.DataFrame:
         raise ShardMismatch(f"embeddings of shard {shard!r} do not match its chunks; materialize chunks and embeddings first")
     point_ids = pl.Series("point_id", [point_id_for(c) for c in emb["chunk_id"]], pl.String)
     return emb.with_columns(point_ids).select("point_id", "chunk_id", "chunk_hash", "model", "dim")
+
+
+def require_sparse(chunks: pl.DataFrame, sparse_key: str, shard: str) -> None:
+    """Fail unless every chunk's sparse vector is by the collection's encoder (chunks must run first)."""
+    stale = chunks.filter(pl.col("sparse_encoder").is_null() | (pl.col("sparse_encoder") != sparse_key)).height
+    if stale:
+        raise ShardMismatch(f"{stale} chunks of shard {shard!r} have no sparse vector by {sparse_key}; materialize chunks first")
 
 
 def require_model(desired: pl.DataFrame, model_key: str, shard: str) -> None:
@@ -90,8 +98,9 @@ def point_payload(shard: str, model_key: str, row: dict) -> dict:
     return {"shard": shard, "model": model_key, **{f: row[f] for f in PAYLOAD_FIELDS}}
 
 
-def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | None = None) -> Iterator[list[Point]]:
-    """The points for `keys` (rows of `shard_point_keys`), built from the Iceberg tables `size` at a time.
+def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, sparse_key: str = "none", size: int | None = None) -> Iterator[list[Point]]:
+    """The points for `keys` (rows of `shard_point_keys`), built from the Iceberg tables `size` at a time,
+    with the chunks' sparse vectors unless `sparse_key` (the collection's encoder) is "none".
     Vectors and texts sit in different tables in different orders, so the wanted vectors are first
     spilled to a temporary file (float32, one row each) and read back by row while the chunk texts
     stream by: memory stays at one batch however many points are rebuilt."""
@@ -118,12 +127,17 @@ def point_batches(lake: Lakehouse, shard: str, keys: pl.DataFrame, size: int | N
         fd, row_bytes = spill.fileno(), dim * 4
         docs = pl.from_arrow(lake.read_partition(RAW_DOCUMENTS, shard, ("doc_id", "title", "source_uri")))
         points: list[Point] = []
-        for batch in lake.partition_batches(CHUNKS, shard, ("chunk_id", "doc_id", "chunk_index", "text")):
+        with_sparse = sparse_key != "none"
+        columns = ("chunk_id", "doc_id", "chunk_index", "text") + (SPARSE_COLUMNS if with_sparse else ())
+        for batch in lake.partition_batches(CHUNKS, shard, columns):
             batch = pl.from_arrow(batch.filter(pc.is_in(batch["chunk_id"], value_set=wanted)))
+            if with_sparse:
+                require_sparse(batch, sparse_key, shard)
             batch = batch.join(located, on="chunk_id", maintain_order="left").join(docs, on="doc_id", how="left", maintain_order="left")
             for r in batch.iter_rows(named=True):
                 vector = np.frombuffer(os.pread(fd, row_bytes, r["row"] * row_bytes), dtype=np.float32)
-                points.append(Point(r["point_id"], vector, point_payload(shard, r["model"], r)))
+                sparse = (r["sparse_indices"], r["sparse_values"]) if with_sparse else None
+                points.append(Point(r["point_id"], vector, point_payload(shard, r["model"], r), sparse))
                 if len(points) >= size:
                     yield points
                     points = []

@@ -82,11 +82,24 @@ def test_a_collection_from_before_aliases_is_adopted_without_re_embedding(alias)
     assert "4 points of another model" in aliases.conflict(alias, M2)
     target = aliases.sync_target(alias, M1)
     # Recorded as adopted: the rows synced before aliases name the alias and stand for this collection.
-    assert aliases.live(alias) == aliases.Live(alias.collection, target.collection, {**M1, "adopted_from": alias.collection})
+    # Its points have no sparse vectors: the adopted identity says so.
+    assert aliases.live(alias) == aliases.Live(alias.collection, target.collection,
+                                               {**M1, "sparse": "none", "adopted_from": alias.collection})
     assert not alias.collection_exists(alias.collection)
     with target.session() as session:
         assert session.count(model="m1@a") == 4
     assert aliases.sync_target(alias, M1).collection == target.collection  # once only
+
+
+def test_adopting_a_collection_from_before_sparse_vectors_leads_to_a_migration(alias):
+    fill(alias.renamed(alias.collection), M1, 2)
+    hybrid = {**M1, "sparse": "bm25-v1:english"}
+    with pytest.raises(aliases.IdentityConflict, match="no sparse vectors.*rag-assets migrate"):
+        aliases.sync_target(alias, hybrid)
+    # Adopted all the same (nothing embedded again), and search keeps answering from it.
+    live = aliases.live(alias)
+    assert live.identity["sparse"] == "none" and live.collection == aliases.physical_name(alias.collection, {**M1, "sparse": "none"})
+    assert "RAG_SPARSE=none" in aliases.conflict(alias, hybrid)
 
 
 @pytest.mark.parametrize("kind", ["int8", "binary"])

@@ -7,7 +7,8 @@ import pytest
 from rag_assets.chunking import Chunker, chunk_id_for
 from rag_assets.config import default_model
 from rag_assets.embedding import resolve_model
-from rag_assets.steps.chunks import chunk_counts, chunk_rows, plan_chunks
+from rag_assets.sparse import SparseEncoder
+from rag_assets.steps.chunks import chunk_counts, chunk_rows, plan_chunks, sparse_is_current, with_sparse
 from rag_assets.tables import CHUNKS
 
 
@@ -41,12 +42,17 @@ def chunker() -> Chunker:
 def test_chunk_rows_carry_ids_offsets_tokens_and_the_document_hash(chunker):
     text = " ".join(f"Sentence number {i} talks about lighthouses and tides." for i in range(12))
     docs = pa.table({"doc_id": ["d"], "text": [text], "metadata": ["{}"], "content_hash": ["h"]})
-    rows = chunk_rows("s", docs, chunker)
+    rows = chunk_rows("s", docs, chunker, SparseEncoder())
     assert rows.schema == CHUNKS.arrow_schema and rows.num_rows > 1
     for r in rows.to_pylist():
         assert r["chunk_id"] == chunk_id_for("d", r["chunk_index"]) and r["doc_hash"] == "h" and r["shard"] == "s"
         assert text[r["char_start"]:r["char_end"]] == r["text"] and 0 < r["token_count"] <= chunker.capacity
         assert r["chunk_hash"] == chunker.chunk_hash(r["text"])
+        assert r["sparse_encoder"] == "bm25-v1:english" and len(r["sparse_indices"]) == len(r["sparse_values"]) > 0
+    assert sparse_is_current(rows, SparseEncoder()) and not sparse_is_current(rows, None)
+    dense_only = chunk_rows("s", docs, chunker, None)
+    assert dense_only["sparse_indices"].null_count == dense_only.num_rows and sparse_is_current(dense_only, None)
+    assert with_sparse(dense_only, SparseEncoder()).to_pylist() == rows.to_pylist()  # an encoder change re-encodes alike
     counts = chunk_counts(pl.from_arrow(rows.select(["chunk_id", "chunk_hash", "token_count"])))
     assert counts["chunks"] == rows.num_rows and counts["tokens"] == sum(rows["token_count"].to_pylist())
     assert chunk_counts(pl.DataFrame(schema={"chunk_id": pl.String, "chunk_hash": pl.String, "token_count": pl.Int32})) == \
