@@ -98,14 +98,42 @@ def conflict(index: VectorIndex, identity: dict) -> str | None:
                 "beside the live collection and switches when it is not worse; or set the configuration back "
                 f"({' '.join(f'{k}={v}' for k, v in settings_for(now.identity).items())}), or set RAG_QDRANT_COLLECTION "
                 "to a new alias for a full re-embed from scratch.")
-    if now.collection == now.alias and index.collection_exists(now.alias):  # a collection from before aliases
-        with index.session() as session:
-            foreign = session.count(other_model=identity["model"])
-        if foreign:
-            return (f"collection {now.alias!r} holds {foreign} points of another model than the configured "
-                    f"{identity['model']}; set the model back (then `rag-assets migrate`), or set RAG_QDRANT_COLLECTION "
-                    "to a new alias for a full re-embed from scratch.")
+    if _is_legacy(index):
+        if why := _legacy_conflict(index, identity):
+            return why
+        if sparse_of(identity) != "none":
+            return (f"collection {now.alias!r} is from before aliases and has no sparse vectors, which RAG_SPARSE=bm25 "
+                    "asks for: `rag-assets migrate` adopts it (nothing is embedded again) and builds the collection with "
+                    "sparse vectors beside it; or set RAG_SPARSE=none to keep syncing it as it is.")
     return None
+
+
+def _is_legacy(index: VectorIndex) -> bool:
+    """Whether the alias's name is a collection from before aliases (and no alias yet)."""
+    return index.alias_target(index.collection) is None and index.collection_exists(index.collection)
+
+
+def _legacy_conflict(index: VectorIndex, identity: dict) -> str | None:
+    with index.session() as session:
+        foreign = session.count(other_model=identity["model"])
+    if foreign:
+        return (f"collection {index.collection!r} holds {foreign} points of another model than the configured "
+                f"{identity['model']}; set the model back (then `rag-assets migrate`), or set RAG_QDRANT_COLLECTION "
+                "to a new alias for a full re-embed from scratch.")
+    return None
+
+
+def adopt_legacy(index: VectorIndex, identity: dict) -> None:
+    """Adopt the collection from before aliases named like the alias, if there is one, as the collection of
+    `identity` without sparse vectors (its points have none: they came later). Rows of `vector_index` synced
+    before name the alias as their collection: `adopted_from` says they stand for this one."""
+    if not _is_legacy(index):
+        return
+    if why := _legacy_conflict(index, identity):
+        raise IdentityConflict(why)
+    adopted = {**identity, "sparse": "none", "adopted_from": index.collection}
+    index.adopt(index.collection, physical_name(index.collection, adopted), adopted)
+    publish(index, physical_name(index.collection, adopted))
 
 
 def sync_target(index: VectorIndex, identity: dict) -> VectorIndex:
@@ -114,16 +142,8 @@ def sync_target(index: VectorIndex, identity: dict) -> VectorIndex:
     `publish` then points a new alias at it, once it exists."""
     if why := conflict(index, identity):
         raise IdentityConflict(why)
-    alias = index.collection
-    if index.alias_target(alias) is None and index.collection_exists(alias):
-        # Rows of `vector_index` synced before name the alias as their collection: they stand for this one.
-        # Its points have no sparse vectors (they came later): with RAG_SPARSE=bm25 the next step is a migration.
-        adopted = {**identity, "sparse": "none", "adopted_from": alias}
-        index.adopt(alias, physical_name(alias, adopted), adopted)
-        publish(index, physical_name(alias, adopted))
-        if why := conflict(index, identity):
-            raise IdentityConflict(why)
-    return index.renamed(physical_name(alias, identity))
+    adopt_legacy(index, identity)
+    return index.renamed(physical_name(index.collection, identity))
 
 
 def publish(index: VectorIndex, physical: str) -> None:

@@ -82,7 +82,10 @@ def test_a_worse_model_is_refused_caught_up_forced_and_replaced_without_re_embed
     assert refused["from"] == good.collection and refused["to"] != good.collection
     old, new = refused["eval"]["old"], refused["eval"]["new"]
     assert old["query_set_id"] == new["query_set_id"] and old["queries"] == new["queries"] >= 30
-    assert old["recall@10"] >= 0.6 and new["recall@10"] < old["recall@10"] - 0.3, (old, new)  # made-up words: 0.7 against 0.2
+    dense_old, dense_new = old["modes"]["dense"]["recall@10"], new["modes"]["dense"]["recall@10"]
+    assert dense_old >= 0.6 and dense_new < dense_old - 0.3, (old, new)  # made-up words: 0.7 against 0.2
+    # BM25 finds these known items alone, so hybrid does not tell the models apart: the gate judges every mode.
+    assert old["mode"] == "hybrid" and "dense recall@10" in refused["reason"]
     chunks = sum(r["chunks"] for r in first["shards"].values())
     assert sum(r["points"] for r in refused["shards"].values()) == chunks
     assert all(r["rechunked"] for r in refused["shards"].values())  # another tokenizer name: another chunker
@@ -114,7 +117,7 @@ def test_a_worse_model_is_refused_caught_up_forced_and_replaced_without_re_embed
     back = cli_json("migrate")
     assert back["switched"] and back["to"] == good.collection
     assert all(r["embedded"] == 0 for r in back["shards"].values()), back["shards"]
-    assert back["eval"]["new"]["recall@10"] > back["eval"]["old"]["recall@10"]
+    assert back["eval"]["new"]["modes"]["dense"]["recall@10"] > back["eval"]["old"]["modes"]["dense"]["recall@10"]
     assert cli_json("sync")["totals"]["failed"] == 0
     assert aliases.others(alias) == [forced["to"]]  # kept for a switch back
     dropped = cli_json("migrate", "--drop-old")
@@ -125,8 +128,8 @@ def test_a_worse_model_is_refused_caught_up_forced_and_replaced_without_re_embed
     assert len(runs) == 5 and all(r.tags.get("rag/sync") == "cli" for r in runs)
 
 
-def test_a_deployment_from_before_aliases_is_adopted_by_its_next_sync_without_re_embedding(tmp_path, monkeypatch):
-    env = make_env(tmp_path, monkeypatch)
+def test_a_deployment_from_before_aliases_and_sparse_vectors_is_adopted_and_migrated_without_re_embedding(tmp_path, monkeypatch):
+    env = make_env(tmp_path, monkeypatch, RAG_SPARSE="none")  # what an earlier version built: dense vectors only
     made_up_corpus(env.source, shards=2, docs=4)
     first = cli_json("sync")
     # Make it what an earlier version left: a collection named like the alias, no pointer, no identity.
@@ -137,19 +140,31 @@ def test_a_deployment_from_before_aliases_is_adopted_by_its_next_sync_without_re
     meta = alias.root / "rag_chunks" / "rag_collection.json"
     meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "identity"}))
     assert aliases.live(alias) == aliases.Live("rag_chunks", "rag_chunks", None)
+    monkeypatch.delenv("RAG_SPARSE")  # the upgrade: sparse vectors by default
     assert cli_json("status")["physical_collection"] == "rag_chunks"  # read under its old name meanwhile
-    assert cli_json("search", "anything")["hits"]
+    assert cli_json("search", "anything")["mode"] == "dense"  # hybrid asked, dense answered: no sparse vectors there
 
+    # A sync is refused before any run: the collection cannot hold sparse vectors. (With RAG_SPARSE=none the
+    # sync adopts it as it is: test_aliases.)
     (env.source / "shard0" / "doc0.md").write_text("# Kavas\n\nLomiqua tudor shiben rixzo faner gultem.\n")
-    report = cli_json("sync")
-    assert report["shards"]["shard0"]["status"] == "changed" and report["shards"]["shard0"]["embedded"] == 1
-    assert aliases.live(alias) == aliases.Live("rag_chunks", physical, {**index_identity(env.resources()["model"], env.resources()["qdrant"]),
-                                                                        "adopted_from": "rag_chunks"})
+    refused = CliRunner().invoke(main, ["sync", "--json"])
+    assert refused.exit_code == 1 and "from before aliases and has no sparse vectors" in refused.output
+    # The migration adopts it (renamed, nothing embedded), builds the hybrid collection from the tables (vectors
+    # from the store, BM25 from the chunk texts), and switches: hybrid is not worse than dense.
+    migrated = cli_json("migrate")
+    assert migrated["switched"] and migrated["from"] == physical and migrated["to"] != physical, migrated["reason"]
+    assert all(r["embedded"] == 0 and r["reused"] > 0 for r in migrated["shards"].values()), migrated["shards"]
+    assert migrated["eval"]["old"]["mode"] == "dense" and migrated["eval"]["new"]["mode"] == "hybrid"
+    assert set(migrated["eval"]["new"]["modes"]) == {"dense", "sparse", "hybrid"} and set(migrated["eval"]["old"]["modes"]) == {"dense"}
+    report = cli_json("sync")  # every shard once (the settings changed); only the edited document is embedded
+    assert report["shards"]["shard0"]["status"] == "changed" and report["totals"]["embedded"] == 1, report
     status = cli_json("status")
-    assert status["physical_collection"] == physical and all(r["in_sync"] for r in status["shards"].values())
+    assert status["physical_collection"] == migrated["to"] and all(r["in_sync"] for r in status["shards"].values())
     assert all(r["points"] == r["chunks"] > 0 for r in status["shards"].values())  # every point came along
     assert first["totals"]["embedded"] == sum(r["chunks"] for r in first["shards"].values())  # (for contrast)
-    assert cli_json("reconcile")["totals"]["extra"] == 0  # the rows naming the old collection still count
+    hit = cli_json("search", "lomiqua tudor shiben", "--mode", "sparse")["hits"][0]
+    assert hit["doc_id"] == "shard0/doc0.md"  # the edited document's made-up words, by BM25 alone
+    assert cli_json("reconcile")["totals"]["extra"] == 0
 
 
 def test_quantization_is_an_index_setting_of_its_own_collection(tmp_path, monkeypatch):

@@ -126,16 +126,16 @@ def test_reads_match_columns_by_field_id_across_schema_evolution_and_filter_rows
 
     from rag_assets.tables import CHUNKS, SHARD_PARTITION
 
-    # A chunks table made before `doc_hash` existed, with one data file written without it.
-    old_schema = Schema(*[f for f in CHUNKS.schema.fields if f.name != "doc_hash"])
+    # A chunks table made before `doc_hash` and the sparse vectors existed, with one data file written without them.
+    old_schema = Schema(*[f for f in CHUNKS.schema.fields if f.name != "doc_hash" and not f.name.startswith("sparse_")])
     lake.catalog.create_namespace("rag")
     old = lake.catalog.create_table("rag.chunks", schema=old_schema, partition_spec=SHARD_PARTITION)
     rows = [{"shard": "a", "doc_id": f"d{i}", "chunk_id": f"c{i}", "chunk_index": 0, "text": f"text {i}", "token_count": 2,
              "char_start": 0, "char_end": 6, "chunk_hash": f"h{i}", "metadata": "{}"} for i in range(10)]
     old.append(pa.Table.from_pylist(rows, old_schema.as_arrow()))
 
-    read = lake.read_partition(CHUNKS, "a")  # the table gains doc_hash on load; the old file reads it as nulls
-    assert read.num_rows == 10 and read["doc_hash"].null_count == 10
+    read = lake.read_partition(CHUNKS, "a")  # the table gains the columns on load; the old file reads them as nulls
+    assert read.num_rows == 10 and read["doc_hash"].null_count == 10 and read["sparse_indices"].null_count == 10
     assert sorted(read["text"].to_pylist()) == sorted(r["text"] for r in rows)
     picked = pa.concat_tables(lake.where_in_batches(CHUNKS, "chunk_hash", ["h3", "h7", "nope"], ("chunk_id", "text")))
     assert sorted(picked["chunk_id"].to_pylist()) == ["c3", "c7"] and picked.column_names == ["chunk_id", "text"]

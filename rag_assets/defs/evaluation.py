@@ -65,7 +65,8 @@ class Measurement:
 
     @property
     def report(self) -> dict:
-        return _report(self.metadata, self.passed, f"{self.metadata['collection']}: {self.why}")
+        plain = {k: v.value if isinstance(v, dg.MetadataValue) else v for k, v in self.metadata.items()}
+        return _report(plain, self.passed, f"{self.metadata['collection']}: {self.why}")
 
 
 def measure(instance: dg.DagsterInstance, iceberg: IcebergResource, qdrant: QdrantResource, model: ModelResource,
@@ -84,7 +85,8 @@ def measure(instance: dg.DagsterInstance, iceberg: IcebergResource, qdrant: Qdra
     embedder, encoder = chosen.embedder(), chosen.sparse_encoder()
     mode = usable_mode(eval_settings.mode, identity, index.collection)  # what search does there: the one judged
     by_mode = {}
-    for name, search in evaluation.index_searches(embedder, encoder, index, MODES if encoder else ("dense",)).items():
+    searches = evaluation.index_searches(embedder, encoder, index, MODES if encoder else ("dense",), [q.query for q in queries])
+    for name, search in searches.items():
         timed = time.perf_counter()
         by_mode[name] = {**evaluation.evaluate(search, queries), "ms_per_query": round((time.perf_counter() - timed) * 1000 / max(len(queries), 1), 2)}
     metrics = {k: v for k, v in by_mode[mode].items() if k != "ms_per_query"}
