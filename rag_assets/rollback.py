@@ -28,7 +28,7 @@ from pyiceberg.expressions import AlwaysTrue
 
 from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.shard_state import (
-    ABSENT_FINGERPRINT, CHUNKER, COLLECTION, FINGERPRINT, MODEL, RAW_DOCUMENTS_KEY, ROLLED_BACK, VECTOR_INDEX_KEY,
+    ABSENT_FINGERPRINT, FINGERPRINT, RAW_DOCUMENTS_KEY, ROLLED_BACK, SETTINGS, VECTOR_INDEX_KEY,
 )
 from rag_assets.tables import ALL_TABLES, QUARANTINE, VECTOR_INDEX, Lakehouse, transaction
 
@@ -103,7 +103,7 @@ def settings_as_of(instance: dg.DagsterInstance, shard: str, to: dt.datetime) ->
     if not records:
         return None
     meta = records[0].asset_materialization.metadata
-    return {k: str(meta[k].value) for k in (CHUNKER, MODEL, COLLECTION) if k in meta}
+    return {k: str(meta[k].value) for k in SETTINGS if k in meta}
 
 
 def sync_records(instance: dg.DagsterInstance, lake: Lakehouse, listing: dict[str, str], current: dict[str, str],

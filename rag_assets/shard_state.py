@@ -34,6 +34,7 @@ FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and ve
 CHUNKER, MODEL, COLLECTION = "index_chunker", "index_model", "index_collection"
 QUANTIZATION = "index_quantization"  # recorded only when not "none" (records from before it stay valid)
 SPARSE = "index_sparse"  # the sparse encoder key; likewise recorded only when not "none"
+SETTINGS = (CHUNKER, MODEL, COLLECTION, QUANTIZATION, SPARSE)  # every key `index_settings` may record
 TIMESTAMP = "_timestamp"  # added by `latest_metadata`: when the materialization was recorded
 ROLLED_BACK = "rolled_back_to"  # on the records `rag-assets rollback` writes (rollback.py)
 # The synced fingerprint of a shard that a rollback brought back although the source no longer lists it:

@@ -85,9 +85,11 @@ class TableSpec:
     def sort_order(self) -> SortOrder:
         return SortOrder(*(SortField(source_id=self.schema.find_field(k).field_id, transform=IdentityTransform()) for k in self.key))
 
-    @property
+    @functools.cached_property
     def arrow_schema(self) -> pa.Schema:
-        return self.schema.as_arrow()
+        # Without field ids: a table's ids are its own (pyiceberg numbers a new table's nested fields afresh,
+        # and evolution numbers added columns after the old ones), so rows match a table's columns by name.
+        return schema_to_pyarrow(self.schema, include_field_ids=False)
 
 
 S, I, L, T = StringType(), IntegerType(), LongType(), TimestamptzType()

@@ -3,6 +3,7 @@ sync would leave them, for measuring what `status` and a no-change `sync` cost a
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
@@ -20,10 +21,13 @@ def synced_shards(source: Path, instance: dg.DagsterInstance, resources: dict, s
     """`shards` shards of `docs` one-chunk documents each, written to the source folder, to every table
     (one commit per table), to the live collection and to the instance (partitions and the materializations
     the sensor compares against). Returns the shard names."""
+    from rag_assets import aliases
     from rag_assets.chunking import chunk_id_for
     from rag_assets.defs.partitions import shards as shards_def
+    from rag_assets.defs.resources import index_identity
     from rag_assets.index import Point, point_id_for
     from rag_assets.shard_state import FINGERPRINT, RAW_DOCUMENTS_KEY, VECTOR_INDEX_KEY, index_settings
+    from rag_assets.steps.chunks import with_sparse
     from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, VECTOR_INDEX
 
     names = [f"shard-{s:04d}" for s in range(shards)]
@@ -34,6 +38,9 @@ def synced_shards(source: Path, instance: dg.DagsterInstance, resources: dict, s
     src = resources["source"].open()
     listings = src.list_shards()
     settings = index_settings(resources["model"], resources["qdrant"])
+    identity = index_identity(resources["model"], resources["qdrant"])
+    alias = resources["qdrant"].alias_index()
+    target = aliases.sync_target(alias, identity)  # the physical collection a sync writes into
     model_key, stamp, dim = settings["index_model"], dt.datetime.now(dt.timezone.utc), 384
     rng = np.random.default_rng(0)
     raw, chunks, vectors, index, points = [], [], [], [], []
@@ -49,14 +56,20 @@ def synced_shards(source: Path, instance: dg.DagsterInstance, resources: dict, s
             vectors.append({"shard": name, "chunk_id": chunk_id, "chunk_hash": chunk_hash, "model": model_key, "dim": dim,
                             "vector": vector.tolist(), "embedded_at": stamp})
             index.append({"shard": name, "chunk_id": chunk_id, "point_id": point_id_for(chunk_id), "chunk_hash": chunk_hash,
-                          "collection": settings["index_collection"], "synced_at": stamp})
+                          "collection": target.collection, "synced_at": stamp})
             points.append(Point(point_id_for(chunk_id), vector, {"shard": name, "chunk_hash": chunk_hash, "model": model_key}))
+    # Every chunk's BM25 vector, as the chunks step computes it (none with RAG_SPARSE=none), in the table and the points.
+    chunk_table = with_sparse(pa.Table.from_pylist(chunks, CHUNKS.arrow_schema), resources["model"].sparse_encoder())
+    if aliases.sparse_of(identity) != "none":
+        sparse = zip(chunk_table["sparse_indices"].to_pylist(), chunk_table["sparse_values"].to_pylist())
+        points = [dataclasses.replace(p, sparse=vector) for p, vector in zip(points, sparse)]
     lake = resources["iceberg"].lakehouse()
-    for spec, rows in ((RAW_DOCUMENTS, raw), (CHUNKS, chunks), (EMBEDDINGS, vectors), (VECTOR_INDEX, index)):
-        lake.table(spec).append(pa.Table.from_pylist(rows, spec.arrow_schema))
-    with resources["qdrant"].index().session() as session:
-        session.ensure_collection(dim)
+    for spec, rows in ((RAW_DOCUMENTS, raw), (CHUNKS, chunk_table), (EMBEDDINGS, vectors), (VECTOR_INDEX, index)):
+        lake.table(spec).append(rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, spec.arrow_schema))
+    with target.session() as session:
+        session.ensure_collection(dim, identity)
         session.upsert(points)
+    aliases.publish(alias, target.collection)
     instance.add_dynamic_partitions(shards_def.name, names)
     for name in names:
         fp = listings[name].fingerprint

@@ -96,7 +96,9 @@ def test_adopting_a_collection_from_before_sparse_vectors_leads_to_a_migration(a
     hybrid = {**M1, "sparse": "bm25-v1:english"}
     with pytest.raises(aliases.IdentityConflict, match="no sparse vectors.*rag-assets migrate"):
         aliases.sync_target(alias, hybrid)
-    # Adopted all the same (nothing embedded again), and search keeps answering from it.
+    assert aliases.live(alias) == aliases.Live(alias.collection, alias.collection, None)  # refused: nothing changed
+    # The migration adopts it first, as the dense-only collection it is (nothing embedded again).
+    aliases.adopt_legacy(alias, hybrid)
     live = aliases.live(alias)
     assert live.identity["sparse"] == "none" and live.collection == aliases.physical_name(alias.collection, {**M1, "sparse": "none"})
     assert "RAG_SPARSE=none" in aliases.conflict(alias, hybrid)
