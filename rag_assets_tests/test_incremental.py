@@ -138,6 +138,12 @@ def env(tmp_path_factory):
         yield env
 
 
+def latest_chunks_metadata(env, shard: str) -> dict:
+    return env.instance().fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("chunks"), asset_partitions=[shard]), limit=1
+    ).records[0].asset_materialization.metadata
+
+
 def test_edit_one_document_runs_one_shard_and_embeds_only_changed_chunks(env):
     path = env.source / "north" / "glaciers.md"
     text = path.read_text()
@@ -147,6 +153,10 @@ def test_edit_one_document_runs_one_shard_and_embeds_only_changed_chunks(env):
     row = report["shards"]["north"]
     assert 0 < row["embedded"] < row["chunks"]  # only the edited section's chunks went to the model
     assert search_docs("revised moraines and crevasses", 1) == ["north/glaciers.md"]
+    # BM25 vectors: encoded for the split document's chunks only; the other documents' are copied.
+    meta = latest_chunks_metadata(env, "north")
+    split = env.resources()["iceberg"].lakehouse().read_partition(CHUNKS, "north", ("doc_id",))["doc_id"].to_pylist().count("north/glaciers.md")
+    assert meta["documents_split"].value == 1 and meta["sparse_encoded"].value == split < row["chunks"]
 
 
 def test_add_then_delete_a_document(env):
@@ -172,10 +182,9 @@ def test_touching_a_file_reads_it_again_but_embeds_and_upserts_nothing(env):
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_documents"), asset_partitions=["east"]), limit=1
     ).records[0].asset_materialization.metadata
     assert meta["source_files_read"].value == 1  # only the touched file; the other is carried over unread
-    chunk_meta = env.instance().fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("chunks"), asset_partitions=["east"]), limit=1
-    ).records[0].asset_materialization.metadata
+    chunk_meta = latest_chunks_metadata(env, "east")
     assert chunk_meta["documents_split"].value == 0  # same content hash: chunks carried over, not re-split
+    assert chunk_meta["sparse_encoded"].value == 0  # with their BM25 vectors
 
 
 def test_add_a_shard_then_remove_it(env):

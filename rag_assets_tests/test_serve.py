@@ -62,6 +62,18 @@ def test_search_answers_with_the_same_json_as_the_cli(server):
     assert {h["shard"] for h in requests.get(f"{url}/search", params={"q": "stitches", "k": 3, "shard": "beta"}).json()["hits"]} == {"beta"}
 
 
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_each_search_mode_answers_as_the_cli_does(server, mode):
+    _, url = server
+    served = requests.get(f"{url}/search", params={"q": "stitches volcano", "k": 4, "mode": mode}, timeout=30).json()
+    cli = json.loads(subprocess.run([CLI, "search", "stitches volcano", "-k", "4", "--mode", mode, "--json"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert served["mode"] == cli["mode"] == mode
+    assert [h["chunk_id"] for h in served["hits"]] == [h["chunk_id"] for h in cli["hits"]] and served["hits"]
+    if mode == "sparse":  # BM25 finds only chunks holding a query word (stemmed): nothing else scores
+        assert all(any(w in h["text"].lower() for w in ("stitch", "volcano")) for h in served["hits"])
+
+
 def test_health_reports_the_collection(server):
     env, url = server
     health = requests.get(f"{url}/health", timeout=10).json()
@@ -78,6 +90,7 @@ def test_health_reports_the_collection(server):
     ({"q": "lava", "k": "1001"}, 400, "between 1 and 1000"),
     ({"q": "lava", "k": "ten"}, 400, "got 'ten'"),
     ({"q": "lava", "shard": "nope"}, 404, "no shard 'nope' in the collection"),
+    ({"q": "lava", "mode": "fuzzy"}, 400, "mode must be one of hybrid, dense, sparse, got 'fuzzy'"),
 ])
 def test_bad_requests_get_honest_errors(server, params, status, message):
     _, url = server
