@@ -14,9 +14,7 @@ Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -24,8 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import build_src, pick_pages  # noqa: E402  (the same corpus as the side-by-side benchmark)
-from quantization import cli  # noqa: E402
+from quantization import cli, corpus_args, timed_cli, corpus_env, evaluated_queries  # noqa: E402  (the peers benchmark's corpus)
 
 MODES = ("dense", "sparse", "hybrid")
 
@@ -65,27 +62,12 @@ def latency(queries: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pages", type=int, default=645)
-    parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--queries", type=int, default=150)
-    args = parser.parse_args()
+    args = corpus_args(pages=645)
     with tempfile.TemporaryDirectory(prefix="rag-hybrid-") as tmp:
-        home = Path(tmp) / "home"
-        build_src(Path(tmp) / "src", pick_pages(args.pages), args.shards)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "DAGSTER_"))}
-        env.update(RAG_HOME=str(home), RAG_SOURCE=str(Path(tmp) / "src"), DAGSTER_HOME=str(home / "dagster"),
-                   RAG_EVAL_AFTER_SYNC="false", RAG_EVAL_SIZE=str(args.queries), RAG_EMBED_DEVICE="cpu")
-        os.environ.update(env)
-        started = time.perf_counter()
-        synced = cli("sync", env=env)
-        build_seconds = time.perf_counter() - started
+        _, env = corpus_env(Path(tmp), args)
+        synced, build_seconds = timed_cli("sync", env=env)
         evaluation = cli("eval", env=env)
-        import dagster as dg
-
-        # The query set the evaluation used, kept with its retrieval_eval materialization.
-        record = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey("retrieval_eval"), limit=1).records[0]
-        queries = [q["query"] for q in record.asset_materialization.metadata["query_set"].value]
+        queries = evaluated_queries()
         timings = latency(queries)
         result = {
             "pages": args.pages, "shards": args.shards, "queries": evaluation["queries"],

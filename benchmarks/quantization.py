@@ -36,6 +36,13 @@ def cli(*args: str, env: dict) -> dict:
     return json.loads(out.stdout)
 
 
+def timed_cli(*args: str, env: dict) -> tuple[dict, float]:
+    """`cli(...)` and its wall-clock seconds."""
+    started = time.perf_counter()
+    report = cli(*args, env=env)
+    return report, time.perf_counter() - started
+
+
 def allocated(path: Path, only=lambda p: True) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file() and only(p))
 
@@ -59,37 +66,49 @@ def latency(home: Path, collection: str, queries: list[str]) -> dict:
     return {"median_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3)}
 
 
-def main() -> None:
+def corpus_args(pages: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--pages", type=int, default=pages)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--queries", type=int, default=150)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def corpus_env(tmp: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+    """`args.pages` PostgreSQL pages in `args.shards` shards under tmp/src, and a throwaway rag_assets home
+    that evaluates with `args.queries` known-item queries: (its RAG_HOME, the settings, also exported here)."""
+    home = tmp / "home"
+    build_src(tmp / "src", pick_pages(args.pages), args.shards)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "DAGSTER_"))}
+    env.update(RAG_HOME=str(home), RAG_SOURCE=str(tmp / "src"), DAGSTER_HOME=str(home / "dagster"),
+               RAG_EVAL_AFTER_SYNC="false", RAG_EVAL_SIZE=str(args.queries), RAG_EMBED_DEVICE="cpu")
+    os.environ.update(env)
+    return home, env
+
+
+def evaluated_queries() -> list[str]:
+    """The query set the newest evaluation asked, kept with its retrieval_eval materialization."""
+    import dagster as dg
+
+    record = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey("retrieval_eval"), limit=1).records[0]
+    return [q["query"] for q in record.asset_materialization.metadata["query_set"].value]
+
+
+def main() -> None:
+    args = corpus_args(pages=200)
     with tempfile.TemporaryDirectory(prefix="rag-quant-") as tmp:
-        home = Path(tmp) / "home"
-        build_src(Path(tmp) / "src", pick_pages(args.pages), args.shards)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "DAGSTER_"))}
-        env.update(RAG_HOME=str(home), RAG_SOURCE=str(Path(tmp) / "src"), DAGSTER_HOME=str(home / "dagster"),
-                   RAG_EVAL_AFTER_SYNC="false", RAG_EVAL_SIZE=str(args.queries), RAG_EMBED_DEVICE="cpu")
-        os.environ.update(env)
-        started = time.perf_counter()
-        synced = cli("sync", env=env)
-        build_seconds = time.perf_counter() - started
+        home, env = corpus_env(Path(tmp), args)
+        synced, build_seconds = timed_cli("sync", env=env)
         runs = {}
         for kind in ("int8", "binary"):
-            started = time.perf_counter()
-            report = cli("migrate", "--quantization", kind, env=env)
-            runs[kind] = {"seconds": round(time.perf_counter() - started, 1), "switched": report["switched"],
+            report, seconds = timed_cli("migrate", "--quantization", kind, env=env)
+            runs[kind] = {"seconds": round(seconds, 1), "switched": report["switched"],
                           "embedded": sum(r["embedded"] for r in report["shards"].values()),
                           "old": report["eval"]["old"], "new": report["eval"]["new"], "to": report["to"]}
             if report["switched"]:  # measure the next one against float32 again
                 cli("migrate", "--quantization", "none", "--force", env=env)
         float32 = runs["int8"]["old"]["collection"]
-        import dagster as dg
-
-        # The query set the migrations evaluated with, kept with the newest retrieval_eval materialization.
-        record = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey("retrieval_eval"), limit=1).records[0]
-        queries = [q["query"] for q in record.asset_materialization.metadata["query_set"].value]
+        queries = evaluated_queries()  # the query set the migrations evaluated with
         qdrant = home / "qdrant"
         points = sum(r["chunks"] for r in synced["shards"].values())
         result = {"pages": args.pages, "shards": args.shards, "points": points, "queries": len(queries),
