@@ -32,7 +32,13 @@ REPLIES = {  # (method, path) -> Qdrant REST `result`
 
 
 @pytest.fixture
-def recorder():
+def replies():
+    """What the recording server answers: REPLIES, which a test may extend."""
+    return dict(REPLIES)
+
+
+@pytest.fixture
+def recorder(replies):
     seen: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -43,7 +49,7 @@ def recorder():
             if path == "/":
                 payload = {"title": "qdrant", "version": "1.20.0"}
             else:
-                payload = {"result": REPLIES[(self.command, path)], "status": "ok", "time": 0.0}
+                payload = {"result": replies[(self.command, path)], "status": "ok", "time": 0.0}
             data = json.dumps(payload).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -99,6 +105,36 @@ def test_server_is_asked_for_the_right_collection_and_payload_indexes_with_the_a
         "model": {"type": "keyword", "is_tenant": False},
         "doc_id": {"type": "keyword", "is_tenant": False},
     }
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_a_hybrid_collection_and_query_as_the_server_is_asked_for_them(recorder, replies):
+    from rag_assets.index import MIN_PREFETCH, RRF_K
+    from rag_assets.sparse import SPARSE_VECTOR, SparseEncoder
+
+    url, seen = recorder
+    encoder = SparseEncoder()
+    identity = {"model": "m@1", "chunker": "c", "sparse": encoder.key}
+    index = ServerIndex(url, "docs")
+    with index.session() as session:
+        session.ensure_collection(384, identity)
+    create = next(c["body"] for c in seen if (c["method"], c["path"]) == ("PUT", "/collections/docs"))
+    # IDF is the server's: old points' weights stay valid as documents are added.
+    assert create["sparse_vectors"] == {SPARSE_VECTOR: {"modifier": "idf"}}
+    assert create["metadata"]["rag_identity"] == identity
+
+    replies.update({("GET", "/collections/docs/exists"): {"exists": True}, ("POST", "/collections/docs/points/query"): {"points": []}})
+    index._identities["docs"] = identity  # what the collection's metadata answers (asked once per process)
+    seen.clear()
+    words = encoder.query("max_connections")
+    with index.session() as session:
+        assert session.search([0.5] * 384, 5, "s1", words) == []
+    (query,) = [c["body"] for c in seen if c["path"] == "/collections/docs/points/query"]
+    assert query["query"] == {"rrf": {"k": RRF_K}} and query["limit"] == 5
+    dense, sparse = query["prefetch"]
+    shard = {"must": [{"key": "shard", "match": {"value": "s1"}}]}
+    assert dense["query"] == [0.5] * 384 and dense["limit"] == MIN_PREFETCH and dense["filter"] == shard
+    assert sparse == {"query": {"indices": words[0], "values": words[1]}, "using": SPARSE_VECTOR, "limit": MIN_PREFETCH, "filter": shard}
 
 
 def test_upserts_in_batches_and_parallel_land_every_point():
