@@ -7,6 +7,7 @@ by the same tokenizer the model uses; so no chunk is ever truncated by the model
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ def chunker_settings_key(model: ModelInfo, chunk_tokens: int, overlap_tokens: in
     """Part of every chunk hash: other settings or another tokenizer give other chunks, other hashes."""
     capacity = chunk_capacity(model, chunk_tokens, overlap_tokens)
     return f"{SPLITTER_VERSION}:{model.name}@{model.revision}:{capacity}:{overlap_tokens}"
+
+
+@functools.lru_cache(maxsize=4)
+def load_chunker(model: ModelInfo, chunk_tokens: int, overlap_tokens: int) -> Chunker:
+    """The chunker for these settings, built once per process (its tokenizer is read from disk); a Chunker
+    holds no state between splits."""
+    return Chunker(model, chunk_tokens, overlap_tokens)
 
 
 class Chunker:

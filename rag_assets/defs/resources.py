@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rag_assets.chunking import Chunker, chunker_settings_key
+from rag_assets.chunking import Chunker, chunker_settings_key, load_chunker
 from rag_assets.config import Settings
 from rag_assets.embedding import ModelInfo, TextBatcher, load_embedder, resolve_model
 from rag_assets.aliases import live_index
@@ -84,7 +84,7 @@ class ModelResource(dg.ConfigurableResource):
         return chunker_settings_key(self.info(), self.chunk_tokens, self.chunk_overlap)
 
     def chunker(self) -> Chunker:
-        return Chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
+        return load_chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
 
     def embedder(self) -> TextBatcher:
         return load_embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
