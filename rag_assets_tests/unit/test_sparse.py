@@ -86,3 +86,11 @@ def test_sparse_weights_of_old_points_stay_valid_as_documents_are_added(collecti
         session.upsert([Point(str(uuid.uuid5(uuid.NAMESPACE_URL, "d")), [0.7, 0.7], {"name": "d", "shard": "s"},
                               (i.to_pylist()[0], v.to_pylist()[0]))])
         assert before == ["b"] and names(session, None, ENCODER.query("default")) == ["d", "b"]
+
+
+def test_tied_hybrid_scores_list_in_point_id_order():
+    from rag_assets.index import Hit, fused_top
+
+    hits = [Hit("c", 1 / 64, {}), Hit("b", 1 / 61 + 1 / 63, {}), Hit("a", 1 / 63 + 1 / 61, {}), Hit("d", 2 / 61, {})]
+    assert [h.id for h in fused_top(hits, 3)] == ["d", "a", "b"]  # whatever order the engine gave the tie
+    assert [h.id for h in fused_top(list(reversed(hits)), 3)] == ["d", "a", "b"]
