@@ -55,10 +55,13 @@ SparseQuery = tuple[Sequence[int], Sequence[float]]
 PREFETCH, MIN_PREFETCH, RRF_K = 4, 40, 60
 
 
-def fused_top(hits: Sequence[Hit], k: int) -> list[Hit]:
-    """The first k of hybrid hits (fetched 2k deep) by score, ties broken by point id. Reciprocal-rank
-    scores tie often (1st in one list and 3rd in the other scores as 3rd and 1st), and the engines order
-    tied points differently from one process to the next: the same query must list the same hits."""
+TIE_DEPTH = 2  # a search asks the engine for TIE_DEPTH x k hits, so that `top_hits` can order ties
+
+
+def top_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The first k hits by score, ties broken by point id. Scores tie often (in RRF, 1st in one list and 3rd in
+    the other scores as 3rd and 1st; in BM25, repeated texts), and the engines order tied points differently
+    from one process to the next: the same query must list the same hits in every mode and process."""
     return sorted(hits, key=lambda h: (-h.score, h.id))[:k]
 
 
@@ -412,11 +415,11 @@ class EdgeSession(IndexSession):
         where = _edge_filter(shard)
         if dense is not None and words is not None:
             limit = max(PREFETCH * k, MIN_PREFETCH)
-            request = QueryRequest(limit=2 * k, prefetches=[Prefetch(limit, dense, params=params, filter=where), Prefetch(limit, words, filter=where)],
+            request = QueryRequest(limit=TIE_DEPTH * k, prefetches=[Prefetch(limit, dense, params=params, filter=where), Prefetch(limit, words, filter=where)],
                                    query=Fusion.Rrf(k=RRF_K), with_payload=True)
-            return fused_top([Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in self.shard.query(request)], k)
-        request = QueryRequest(limit=k, query=dense or words, filter=where, with_payload=True, params=params if dense else None)
-        return [Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in self.shard.query(request)]
+        else:
+            request = QueryRequest(limit=TIE_DEPTH * k, query=dense or words, filter=where, with_payload=True, params=params if dense else None)
+        return top_hits([Hit(str(r.id), float(r.score), dict(r.payload or {})) for r in self.shard.query(request)], k)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -686,16 +689,16 @@ class ServerSession(IndexSession):
         if dense is not None and words is not None:
             limit = max(PREFETCH * k, MIN_PREFETCH)
             response = self.client.query_points(
-                self.name, limit=2 * k, with_payload=True, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                self.name, limit=TIE_DEPTH * k, with_payload=True, query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                 prefetch=[models.Prefetch(query=dense, limit=limit, filter=where, params=params),
                           models.Prefetch(query=words, using=SPARSE_VECTOR, limit=limit, filter=where)],
             )
-            return fused_top([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points], k)
-        response = self.client.query_points(
-            self.name, query=dense if dense is not None else words, using=None if dense is not None else SPARSE_VECTOR,
-            limit=k, query_filter=where, with_payload=True, search_params=params if dense is not None else None,
-        )
-        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        else:
+            response = self.client.query_points(
+                self.name, query=dense if dense is not None else words, using=None if dense is not None else SPARSE_VECTOR,
+                limit=TIE_DEPTH * k, query_filter=where, with_payload=True, search_params=params if dense is not None else None,
+            )
+        return top_hits([Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points], k)
 
 
 def make_index(

@@ -27,6 +27,7 @@ def synced_shards(source: Path, instance: dg.DagsterInstance, resources: dict, s
     from rag_assets.defs.resources import index_identity
     from rag_assets.index import Point, point_id_for
     from rag_assets.shard_state import FINGERPRINT, RAW_DOCUMENTS_KEY, VECTOR_INDEX_KEY, index_settings
+    from rag_assets.sparse import sparse_of
     from rag_assets.steps.chunks import with_sparse
     from rag_assets.tables import CHUNKS, EMBEDDINGS, RAW_DOCUMENTS, VECTOR_INDEX
 
@@ -60,12 +61,13 @@ def synced_shards(source: Path, instance: dg.DagsterInstance, resources: dict, s
             points.append(Point(point_id_for(chunk_id), vector, {"shard": name, "chunk_hash": chunk_hash, "model": model_key}))
     # Every chunk's BM25 vector, as the chunks step computes it (none with RAG_SPARSE=none), in the table and the points.
     chunk_table = with_sparse(pa.Table.from_pylist(chunks, CHUNKS.arrow_schema), resources["model"].sparse_encoder())
-    if aliases.sparse_of(identity) != "none":
+    if sparse_of(identity) != "none":
         sparse = zip(chunk_table["sparse_indices"].to_pylist(), chunk_table["sparse_values"].to_pylist())
         points = [dataclasses.replace(p, sparse=vector) for p, vector in zip(points, sparse)]
     lake = resources["iceberg"].lakehouse()
-    for spec, rows in ((RAW_DOCUMENTS, raw), (CHUNKS, chunk_table), (EMBEDDINGS, vectors), (VECTOR_INDEX, index)):
-        lake.table(spec).append(rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, spec.arrow_schema))
+    lake.table(CHUNKS).append(chunk_table)
+    for spec, rows in ((RAW_DOCUMENTS, raw), (EMBEDDINGS, vectors), (VECTOR_INDEX, index)):
+        lake.table(spec).append(pa.Table.from_pylist(rows, spec.arrow_schema))
     with target.session() as session:
         session.ensure_collection(dim, identity)
         session.upsert(points)

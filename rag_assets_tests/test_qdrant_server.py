@@ -109,7 +109,7 @@ def test_server_is_asked_for_the_right_collection_and_payload_indexes_with_the_a
 
 @pytest.mark.filterwarnings("ignore:Failed to obtain server version")
 def test_a_hybrid_collection_and_query_as_the_server_is_asked_for_them(recorder, replies):
-    from rag_assets.index import MIN_PREFETCH, RRF_K
+    from rag_assets.index import MIN_PREFETCH, RRF_K, TIE_DEPTH
     from rag_assets.sparse import SPARSE_VECTOR, SparseEncoder
 
     url, seen = recorder
@@ -130,7 +130,7 @@ def test_a_hybrid_collection_and_query_as_the_server_is_asked_for_them(recorder,
     with index.session() as session:
         assert session.search([0.5] * 384, 5, "s1", words) == []
     (query,) = [c["body"] for c in seen if c["path"] == "/collections/docs/points/query"]
-    assert query["query"] == {"rrf": {"k": RRF_K}} and query["limit"] == 10  # 2k deep: ties are broken by point id
+    assert query["query"] == {"rrf": {"k": RRF_K}} and query["limit"] == TIE_DEPTH * 5  # deeper than k: ties are broken by point id
     dense, sparse = query["prefetch"]
     shard = {"must": [{"key": "shard", "match": {"value": "s1"}}]}
     assert dense["query"] == [0.5] * 384 and dense["limit"] == MIN_PREFETCH and dense["filter"] == shard

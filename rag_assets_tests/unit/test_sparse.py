@@ -88,9 +88,9 @@ def test_sparse_weights_of_old_points_stay_valid_as_documents_are_added(collecti
         assert before == ["b"] and names(session, None, ENCODER.query("default")) == ["d", "b"]
 
 
-def test_tied_hybrid_scores_list_in_point_id_order():
-    from rag_assets.index import Hit, fused_top
+def test_tied_scores_list_in_point_id_order():
+    from rag_assets.index import Hit, top_hits
 
     hits = [Hit("c", 1 / 64, {}), Hit("b", 1 / 61 + 1 / 63, {}), Hit("a", 1 / 63 + 1 / 61, {}), Hit("d", 2 / 61, {})]
-    assert [h.id for h in fused_top(hits, 3)] == ["d", "a", "b"]  # whatever order the engine gave the tie
-    assert [h.id for h in fused_top(list(reversed(hits)), 3)] == ["d", "a", "b"]
+    assert [h.id for h in top_hits(hits, 3)] == ["d", "a", "b"]  # whatever order the engine gave the tie
+    assert [h.id for h in top_hits(list(reversed(hits)), 3)] == ["d", "a", "b"]
