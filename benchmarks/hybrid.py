@@ -15,21 +15,15 @@ Prints one JSON object.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quantization import cli, corpus_args, timed_cli, corpus_env, evaluated_queries  # noqa: E402  (the peers benchmark's corpus)
+from quantization import cli, corpus_args, corpus_env, evaluated_queries, percentiles, timed_cli  # noqa: E402  (the peers benchmark's corpus)
 
 MODES = ("dense", "sparse", "hybrid")
-
-
-def percentiles(times: list[float]) -> dict:
-    times = sorted(times)
-    return {"median_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3)}
 
 
 def latency(queries: list[str]) -> dict:

@@ -62,7 +62,12 @@ def latency(home: Path, collection: str, queries: list[str]) -> dict:
             started = time.perf_counter()
             session.search(v, 10)
             times.append((time.perf_counter() - started) * 1000)
-    times.sort()
+    return percentiles(times)
+
+
+def percentiles(times: list[float]) -> dict:
+    """Median and p95 of timings in milliseconds."""
+    times = sorted(times)
     return {"median_ms": round(statistics.median(times), 3), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 3)}
 
 
