@@ -39,3 +39,12 @@ def test_hashes_are_stable_and_depend_on_settings(info):
 def test_bad_settings_are_clear_errors(info):
     with pytest.raises(ValueError, match="overlap"):
         Chunker(info, 64, 64)
+
+
+def test_split_many_gives_each_texts_own_chunks_in_order(info):
+    """The threaded split is the serial one, text by text, whatever the lengths (threads finish out of order)."""
+    chunker = Chunker(info, 64, 8)
+    texts = [f"# Doc {i}\n\n" + f"Sentence {i} about glaciers and ice. " * (1 + (i * 37) % 90) for i in range(24)]
+    texts[5] = ""  # no chunks
+    assert list(chunker.split_many(texts)) == [chunker.split(t) for t in texts]
+    assert list(chunker.split_many(texts[:1])) == [chunker.split(texts[0])]

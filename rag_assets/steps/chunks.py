@@ -88,8 +88,9 @@ def chunk_rows(shard: str, documents: pa.Table, chunker: Chunker, encoder: Spars
     """The chunks rows of `documents` (doc_id, text, metadata, content_hash), split by `chunker`, with
     their sparse vectors by `encoder`."""
     rows = []
-    for doc in documents.select(["doc_id", "text", "metadata", "content_hash"]).to_pylist():
-        for c in chunker.split(doc["text"]):
+    docs = documents.select(["doc_id", "text", "metadata", "content_hash"]).to_pylist()
+    for doc, doc_chunks in zip(docs, chunker.split_many([doc["text"] for doc in docs])):
+        for c in doc_chunks:
             rows.append({
                 "shard": shard, "doc_id": doc["doc_id"], "chunk_id": chunk_id_for(doc["doc_id"], c.chunk_index),
                 "chunk_index": c.chunk_index, "text": c.text, "token_count": c.token_count,
