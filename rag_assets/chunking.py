@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from rag_assets.embedding import ModelInfo, load_tokenizer
+from rag_assets.embedding import ModelInfo, cpu_threads, load_tokenizer
 
 SPLITTER_VERSION = "semantic-text-splitter/markdown/v1"
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] that the model adds around every input
@@ -129,8 +128,7 @@ SEGMENT_CHARS = 1_000_000  # what the splitter is given at once
 @functools.cache
 def _split_pool() -> ThreadPoolExecutor:
     """One pool per process for `Chunker.split_many`, a thread per core this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ThreadPoolExecutor(max_workers=cores, thread_name_prefix="chunker")
+    return ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="chunker")
 
 
 def segments(text: str, size: int) -> list[tuple[int, str]]:

@@ -95,7 +95,7 @@ def _sync(settings: Settings, quiet: bool, allow_deletes: bool = False):
     bars = _SyncBars(disable=quiet)
     try:
         with listening(bars.step):
-            return run_sync(instance, build_resources(settings), bars, allow_deletes)
+            return run_sync(instance, build_resources(settings), bars, allow_deletes, settings.sync_workers)
     except SettingsConflict as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -163,6 +163,7 @@ class Settings:
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
     max_delete_fraction: float = 0.5  # a run removing more of a shard's points, or a sync more of the shards, is held
+    sync_workers: int = 1  # `rag-assets sync`: shard runs at once, in forked worker processes above 1 (shard_workers.py)
     min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
     def qdrant_options(self) -> dict[str, object]:
@@ -229,5 +230,6 @@ class Settings:
             run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
             max_document_mb=_env_int("RAG_MAX_DOCUMENT_MB", 64, minimum=1),
             min_free_mb=_env_int("RAG_MIN_FREE_MB", 256, minimum=0),
+            sync_workers=_env_int("RAG_SYNC_WORKERS", 1, minimum=1),
             max_delete_fraction=_env_fraction("RAG_MAX_DELETE_FRACTION", 0.5),
         )

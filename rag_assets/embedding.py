@@ -6,6 +6,7 @@ changed model can never mix its vectors with another's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -92,6 +93,46 @@ def load_tokenizer(info: ModelInfo):
     return tokenizer
 
 
+_cpu_threads = 0  # threads the model and the chunker may use on the CPU; 0: one per usable core
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Give the model and the chunker of this process `threads` CPU threads (a sync worker's share of the
+    cores: shard_workers.py), before they are loaded."""
+    global _cpu_threads
+    _cpu_threads = threads
+
+
+def cpu_threads() -> int:
+    return _cpu_threads or usable_cores()
+
+
+_model_turns: contextlib.AbstractContextManager = contextlib.nullcontext()  # what a model call waits for
+
+
+def take_turns_on_model(lock_file: str) -> None:
+    """Model calls of this process wait for `lock_file`'s lock: sync workers (shard_workers.py) call the
+    model one at a time. On 2 vCPUs two encodes at once ran 2.3x slower each (the vCPUs share one core's
+    vector units), while one worker's Python steps beside another's encode cost it little. A file lock,
+    so that a worker killed while encoding releases it."""
+    global _model_turns
+    from filelock import FileLock
+
+    _model_turns = FileLock(lock_file)
+
+
+def model_turn() -> contextlib.AbstractContextManager:
+    """Held around each call of the model (`steps.vectors.embed_windows`)."""
+    return _model_turns
+
+
 def pick_device(requested: str) -> str:
     if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
         raise ValueError(f"RAG_EMBED_DEVICE must be auto, cpu or cuda[:N], got {requested!r}")
@@ -137,6 +178,7 @@ def release_freed_memory() -> None:
 # its best batch size (16), 8,192 ~3% slower: small batches stay in the CPU's caches.
 CPU_BATCH_TOKENS = 4096
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
+CPU_THREADS = 0
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
 
@@ -207,6 +249,8 @@ class Embedder(TextBatcher):
 
         info = resolve_model(model)
         self.device = pick_device(device)
+        if _cpu_threads:
+            torch.set_num_threads(_cpu_threads)
         self.cuda = self.device.startswith("cuda")
         started = time.perf_counter()
         self.model = SentenceTransformer(str(info.path), device=self.device, local_files_only=True)
@@ -376,6 +420,8 @@ class OnnxEmbedder(TextBatcher):
                     export_onnx(info, onnx_file)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings only
+        options.intra_op_num_threads = cpu_threads()
+        options.intra_op_num_threads = CPU_THREADS
         try:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # e.g. a cache file damaged after its atomic write

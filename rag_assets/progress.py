@@ -33,6 +33,11 @@ def report(shard: str, step: str, done: int = 0, total: int = 0) -> None:
             log.debug("progress listener failed", exc_info=True)
 
 
+def silence() -> None:
+    """No listener in this process (a sync worker: its parent draws the bars)."""
+    _listeners.clear()
+
+
 @contextlib.contextmanager
 def listening(listener: Callable[[Progress], None]) -> Iterator[None]:
     _listeners.append(listener)

@@ -17,6 +17,7 @@ from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.project_runs import execute_project_job
 from rag_assets.deletion_guard import held_shards, is_held_failure
 from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
+from rag_assets.shard_workers import ShardWorkers
 from rag_assets.shard_state import ShardPlan, check_live, index_settings, latest_metadata, plan_sync
 
 COUNT_SOURCES = {  # report field -> (asset, metadata key)
@@ -62,57 +63,76 @@ class SyncProgress:
 def run_sync(
     instance: dg.DagsterInstance, resources: Mapping[str, object], progress: SyncProgress | None = None,
     allow_deletes: bool = False,  # let the deletion guard's holds through (`sync --allow-deletes`)
+    workers: int = 1,  # shard runs at once (RAG_SYNC_WORKERS); above 1 in forked worker processes (shard_workers.py)
 ) -> SyncReport:
-    resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
-    source = resources["source"].open()
-    check_live(resources["model"], resources["qdrant"])
-    plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
-    known = set(instance.get_dynamic_partitions(shards.name))
-    add_shards(instance, [p.shard for p in plans if p.status == "new" and p.shard not in known])
-    busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
-    held = held_shards(instance, plans, len(known), resources["source"].max_delete_fraction, allow_deletes)
-    idle = {p.shard for p in plans if p.status == "unchanged" or p.shard in held}  # nothing runs for them
-    last = {asset.key: latest_metadata(instance, asset.key, idle) for asset in (raw_documents, chunks)} if idle else {}
-    report = SyncReport(skipped=dict(source.skipped))
-    progress = progress or SyncProgress()
-    progress.planned([p for p in plans if p.shard not in idle and p.shard not in busy])
-    for plan in plans:
-        started = time.perf_counter()
-        row: dict = {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}}
-        tags = {**shard_run_tags("cli", plan.shard, plan.status, plan.reason, plan.fingerprint), **worker_tags()}
-        if allow_deletes:
-            tags[ALLOW_DELETES_TAG] = "true"
-        if plan.shard in busy and plan.status != "unchanged":
-            row.update(status="busy", reason="a run for this shard is queued or in progress")
-        elif plan.shard in idle:
-            if plan.shard in held:
-                row.update(status="held", reason=held[plan.shard])
-            for name, (asset, key) in COUNT_SOURCES.items():
-                if name in ("documents", "chunks", "quarantined"):
-                    row[name] = last[asset.key].get(plan.shard, {}).get(key, 0)
-        elif plan.status in ("new", "changed"):
-            result = execute_project_job(
-                shard_sync_job.name, instance, resources, partition_key=plan.shard, tags=tags, run_config=QUIET,
-            )
-            for event in result.get_asset_materialization_events():
-                meta = event.materialization.metadata
-                for name, (asset, key) in COUNT_SOURCES.items():
-                    if event.asset_key == asset.key and key in meta:
-                        row[name] = meta[key].value
-            if not result.success:
-                row.update(_failure(result))
-        else:
-            result = execute_project_job(
-                remove_shard_job.name, instance, resources, tags=tags, run_config={**QUIET, **remove_run_config(plan.shard)},
-            )
-            if result.success:
-                row["deleted"] = result.output_for_node("remove_shard")["points"]
-            else:
-                row.update(_failure(result))
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        report.shards[plan.shard] = row
-        progress.finished(plan, row)
+    # Forked first, while this process holds no catalog, client or model: each worker opens its own.
+    with ShardWorkers(workers, _run_shard, _lost, instance, resources) as pool:
+        resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
+        source = resources["source"].open()
+        check_live(resources["model"], resources["qdrant"])
+        plans = plan_sync(instance, source, index_settings(resources["model"], resources["qdrant"]))
+        known = set(instance.get_dynamic_partitions(shards.name))
+        add_shards(instance, [p.shard for p in plans if p.status == "new" and p.shard not in known])
+        busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
+        held = held_shards(instance, plans, len(known), resources["source"].max_delete_fraction, allow_deletes)
+        idle = {p.shard for p in plans if p.status == "unchanged" or p.shard in held}  # nothing runs for them
+        last = {asset.key: latest_metadata(instance, asset.key, idle) for asset in (raw_documents, chunks)} if idle else {}
+        report = SyncReport(skipped=dict(source.skipped))
+        progress = progress or SyncProgress()
+        to_run = [p for p in plans if p.shard not in idle and p.shard not in busy]
+        progress.planned(to_run)
+        for plan in plans:
+            if plan.shard in busy and plan.status != "unchanged":
+                report.shards[plan.shard] = _row(plan, status="busy", reason="a run for this shard is queued or in progress")
+            elif plan.shard in idle:  # the counts of its last sync
+                row = _row(plan, **{name: last[asset.key].get(plan.shard, {}).get(key, 0)
+                                    for name, (asset, key) in COUNT_SOURCES.items() if name in ("documents", "chunks", "quarantined")})
+                if plan.shard in held:
+                    row.update(status="held", reason=held[plan.shard])
+                report.shards[plan.shard] = row
+        for plan, row in pool.map(to_run, allow_deletes):
+            report.shards[plan.shard] = row
+            progress.finished(plan, row)
+    report.shards = {plan.shard: report.shards[plan.shard] for plan in plans}  # in the plan's order
     return report
+
+
+def _row(plan: ShardPlan, **fields) -> dict:
+    return {"status": plan.status, **{k: 0 for k in COUNT_FIELDS}, **fields}
+
+
+def _lost(plan: ShardPlan, why: str) -> dict:
+    return _row(plan, status="failed", error=why)
+
+
+def _run_shard(instance: dg.DagsterInstance, resources: Mapping[str, object], plan: ShardPlan, allow_deletes: bool) -> dict:
+    """Sync (new, changed) or remove (removed) one shard in a Dagster run of this process; its report row."""
+    started = time.perf_counter()
+    row = _row(plan)
+    tags = {**shard_run_tags("cli", plan.shard, plan.status, plan.reason, plan.fingerprint), **worker_tags()}
+    if allow_deletes:
+        tags[ALLOW_DELETES_TAG] = "true"
+    if plan.status in ("new", "changed"):
+        result = execute_project_job(
+            shard_sync_job.name, instance, resources, partition_key=plan.shard, tags=tags, run_config=QUIET,
+        )
+        for event in result.get_asset_materialization_events():
+            meta = event.materialization.metadata
+            for name, (asset, key) in COUNT_SOURCES.items():
+                if event.asset_key == asset.key and key in meta:
+                    row[name] = meta[key].value
+        if not result.success:
+            row.update(_failure(result))
+    else:
+        result = execute_project_job(
+            remove_shard_job.name, instance, resources, tags=tags, run_config={**QUIET, **remove_run_config(plan.shard)},
+        )
+        if result.success:
+            row["deleted"] = result.output_for_node("remove_shard")["points"]
+        else:
+            row.update(_failure(result))
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
 
 
 def _failure(result) -> dict[str, str]:

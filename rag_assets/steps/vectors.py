@@ -20,7 +20,7 @@ import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
 from rag_assets import progress
-from rag_assets.embedding import TextBatcher
+from rag_assets.embedding import TextBatcher, model_turn
 from rag_assets.tables import CHUNKS, EMBEDDINGS, Lakehouse, PartitionWriter
 from rag_assets.vector_store import STORE_COLUMNS, Hits, VectorStore
 
@@ -122,9 +122,10 @@ def embed_windows(embedder: TextBatcher, windows: Iterable[pa.Table], stamp: dt.
 
     batch_done(0)  # the bar appears with its total before the first batch
     for window in windows:
-        started = time.perf_counter()
-        vectors = embedder.encode(window["text"].to_pylist(), batch_done)
-        stats.seconds += time.perf_counter() - started
+        with model_turn():  # another sync worker's model call first, if it has one running
+            started = time.perf_counter()
+            vectors = embedder.encode(window["text"].to_pylist(), batch_done)
+            stats.seconds += time.perf_counter() - started
         stats.chunks += window.num_rows
         log.info(f"embedded {stats.chunks}/{total} chunks on {embedder.device}")
         yield new_vectors(window["chunk_hash"].to_pylist(), vectors, stamp)

@@ -1,0 +1,87 @@
+"""The shard runs of one `rag-assets sync`: one after another in this process, or several at once in
+worker processes forked from it (RAG_SYNC_WORKERS).
+
+Why processes: a shard run is mostly Python (Dagster's step machinery and events, Iceberg commits, the
+chunker's and the model's calls), so threads would share one core; and Dagster's in-process execution
+is not thread-safe (each run's log manager re-runs `logging.config.dictConfig`, which deadlocked two
+runs in threads). Each worker executes whole Dagster runs, exactly as the CLI does, and records them in
+the same instance, as the daemon's run workers do.
+
+Why fork, and why first: a forked worker starts with every module already imported (a fresh interpreter
+pays ~2 s for dagster, pyiceberg and polars before its first shard). The workers are forked when the
+sync starts, before this process opens any catalog, client or model, so no connection, thread pool or
+model is shared between processes: each worker opens its own once and keeps it for the shards it runs.
+Each worker's model and chunker get an equal share of the cores (`embedding.limit_cpu_threads`).
+
+A worker that dies (killed, out of memory) fails the shards it had not finished, which the next sync
+runs again (their runs, if started, name the dead worker's pid, so they keep no shard busy).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from rag_assets import embedding, progress
+
+Run = Callable[..., dict]  # (instance, resources, plan, *args) -> the shard's report row
+Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose worker died
+
+_task: tuple | None = None  # (run, instance, resources), set before the fork: what the workers inherit
+
+
+def _worker_started(threads: int, model_lock: str) -> None:
+    progress.silence()  # the parent draws the bars; a worker's steps would draw over them
+    embedding.limit_cpu_threads(threads)
+    embedding.take_turns_on_model(model_lock)
+
+
+def _in_worker(plan, *args) -> dict:
+    run, instance, resources = _task
+    return run(instance, resources, plan, *args)
+
+
+class ShardWorkers:
+    """`with ShardWorkers(n, run, lost, instance, resources) as pool: pool.map(plans, *args)` yields
+    (plan, row) as each shard finishes: in this process when n is 1 (or fork is not available), else in
+    n forked workers."""
+
+    def __init__(self, workers: int, run: Run, lost: Lost, instance, resources):
+        self.workers, self.run, self.lost = workers, run, lost
+        self.instance, self.resources = instance, resources
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> ShardWorkers:
+        if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            global _task
+            _task = (self.run, self.instance, self.resources)
+            threads = max(1, embedding.usable_cores() // self.workers)
+            self.folder = tempfile.TemporaryDirectory(prefix="rag-sync-")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
+                                            initargs=(threads, os.path.join(self.folder.name, "model.lock")))
+            self.pool.submit(int).result()  # a fork pool forks all its workers now, at its first task
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.folder.cleanup()
+
+    def map(self, plans: Sequence, *args) -> Iterator[tuple[object, dict]]:
+        if self.pool is None or len(plans) < 2:
+            for plan in plans:
+                yield plan, self.run(self.instance, self.resources, plan, *args)
+            return
+        pending = {self.pool.submit(_in_worker, plan, *args): plan for plan in plans}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                plan = pending.pop(future)
+                try:
+                    yield plan, future.result()
+                except BrokenProcessPool:
+                    yield plan, self.lost(plan, "a sync worker process died (killed, or out of memory); the next sync runs this shard again")
