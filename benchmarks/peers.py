@@ -20,7 +20,8 @@
    `SentenceTransformer.encode` at each `--batch-sizes` (the best is the baseline: 8 or 16 on 2 cores) and by the project's
    `Embedder.encode` (torch) and `OnnxEmbedder.encode` (RAG_EMBED_BACKEND=onnx), interleaved, in one
    more process; with the min cosine of each against SentenceTransformer's vectors. rag_assets runs
-   twice, with each backend; the ONNX export (once per model and machine) is made before the rounds.
+   three times: with each backend, and with onnx and RAG_SYNC_WORKERS=2 (shard runs in 2 forked worker
+   processes); the ONNX export (once per model and machine) is made before the rounds.
 5. `--rounds` rounds, the systems in a rotated order each round; medians are reported.
 
 Prints one JSON object (every round's figures, medians, chunks embedded, ratios) and a table on stderr.
@@ -43,9 +44,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
-SYSTEMS = ("rag_assets", "rag_assets_onnx", "llamaindex", "langchain")
-NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "llamaindex": "LlamaIndex", "langchain": "LangChain"}
-BACKENDS = {"rag_assets": "torch", "rag_assets_onnx": "onnx"}  # RAG_EMBED_BACKEND of each rag_assets column
+SYSTEMS = ("rag_assets", "rag_assets_onnx", "rag_assets_onnx_w2", "llamaindex", "langchain")
+NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "rag_assets_onnx_w2": "onnx, 2 workers",
+         "llamaindex": "LlamaIndex", "langchain": "LangChain"}
+BACKENDS = {"rag_assets": "torch", "rag_assets_onnx": "onnx", "rag_assets_onnx_w2": "onnx"}  # RAG_EMBED_BACKEND of each rag_assets column
+SYNC_WORKERS = {"rag_assets_onnx_w2": 2}  # RAG_SYNC_WORKERS where not 1
 PHASES = ("full", "nochange", "edit")
 CHUNK_TOKENS, CHUNK_OVERLAP, BATCH_SIZE = 200, 32, 64
 COLLECTION = "peers"
@@ -244,7 +247,8 @@ def rag_env(state: Path, src: Path, backend: str = "torch") -> dict:
 def run_phase(system: str, state: Path, src: Path) -> dict:
     if system in BACKENDS:
         rag_assets_cli = str(Path(sys.executable).parent / "rag-assets")
-        seconds, report = run_json([rag_assets_cli, "sync", "--json"], rag_env(state, src, BACKENDS[system]))
+        env = {**rag_env(state, src, BACKENDS[system]), "RAG_SYNC_WORKERS": str(SYNC_WORKERS.get(system, 1))}
+        seconds, report = run_json([rag_assets_cli, "sync", "--json"], env)
         totals = report["totals"]
         assert totals["failed"] == 0, report
         report = {k: totals[k] for k in ("documents", "chunks", "embedded", "upserted", "deleted")}
