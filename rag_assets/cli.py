@@ -110,6 +110,7 @@ class _SyncBars:
     def __init__(self, disable: bool):
         from tqdm import tqdm
 
+        tqdm.monitor_interval = 0  # no monitor thread: sync workers fork only from a single-threaded process
         self.tqdm, self.disable = tqdm, disable
         self.shards = tqdm(desc="sync", unit="shard", total=0, disable=disable, file=sys.stderr, dynamic_ncols=True)
         self.chunks = None

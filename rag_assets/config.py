@@ -34,6 +34,11 @@ def _env_number(name: str, default, parse, what: str):
         raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _env_int(name: str, default: int, minimum: int | None = None) -> int:
     value = _env_number(name, default, int, "an integer")
     if minimum is not None and value < minimum:
@@ -163,7 +168,7 @@ class Settings:
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
     max_delete_fraction: float = 0.5  # a run removing more of a shard's points, or a sync more of the shards, is held
-    sync_workers: int = 1  # `rag-assets sync`: shard runs at once, in forked worker processes above 1 (shard_workers.py)
+    sync_workers: int = 1  # `rag-assets sync`: shard runs at once, in forked worker processes above 1 (shard_workers.py); default 2 with 2+ cores
     min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
     def qdrant_options(self) -> dict[str, object]:
@@ -230,6 +235,6 @@ class Settings:
             run_retention_days=_env_int("RAG_RUN_RETENTION_DAYS", 30, minimum=1),
             max_document_mb=_env_int("RAG_MAX_DOCUMENT_MB", 64, minimum=1),
             min_free_mb=_env_int("RAG_MIN_FREE_MB", 256, minimum=0),
-            sync_workers=_env_int("RAG_SYNC_WORKERS", 1, minimum=1),
+            sync_workers=_env_int("RAG_SYNC_WORKERS", min(2, usable_cores()), minimum=1),
             max_delete_fraction=_env_fraction("RAG_MAX_DELETE_FRACTION", 0.5),
         )

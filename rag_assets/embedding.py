@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rag_assets.config import usable_cores
 from rag_assets.faults import failpoint
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,6 @@ def load_tokenizer(info: ModelInfo):
 
 
 _cpu_threads = 0  # threads the model and the chunker may use on the CPU; 0: one per usable core
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def limit_cpu_threads(threads: int) -> None:

@@ -11,7 +11,10 @@ Why fork, and why first: a forked worker starts with every module already import
 pays ~2 s for dagster, pyiceberg and polars before its first shard). The workers are forked when the
 sync starts, before this process opens any catalog, client or model, so no connection, thread pool or
 model is shared between processes: each worker opens its own once and keeps it for the shards it runs.
-Each worker's model and chunker get an equal share of the cores (`embedding.limit_cpu_threads`).
+Only a single-threaded process forks (a thread holding a lock at the fork would leave it held forever in
+the child; gRPC and fsspec's event loops run threads): with other threads alive, as in a test process
+that ran other tests, the shards run in this process. Each worker's model and chunker get an equal share
+of the cores (`embedding.limit_cpu_threads`).
 
 A worker that dies (killed, out of memory) fails the shards it had not finished, which the next sync
 runs again (their runs, if started, name the dead worker's pid, so they keep no shard busy).
@@ -22,11 +25,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from rag_assets import embedding, progress
+from rag_assets.config import usable_cores
 
 Run = Callable[..., dict]  # (instance, resources, plan, *args) -> the shard's report row
 Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose worker died
@@ -56,10 +61,10 @@ class ShardWorkers:
         self.pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ShardWorkers:
-        if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
             global _task
             _task = (self.run, self.instance, self.resources)
-            threads = max(1, embedding.usable_cores() // self.workers)
+            threads = max(1, usable_cores() // self.workers)
             self.folder = tempfile.TemporaryDirectory(prefix="rag-sync-")
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
                                             initargs=(threads, os.path.join(self.folder.name, "model.lock")))

@@ -116,6 +116,9 @@ def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
     mp.setenv("RAG_SOURCE", str(env.source))
     mp.setenv("DAGSTER_HOME", str(env.dagster_home))
     mp.setenv("RAG_EMBED_DEVICE", "cpu")
+    # `rag-assets sync` runs its shards in its own process unless a test asks for workers: whether a CLI
+    # invoked inside pytest could fork would depend on the threads earlier tests left (shard_workers.py).
+    mp.setenv("RAG_SYNC_WORKERS", "1")
     # Each evaluation loads the model in its run: only the tests of retrieval_eval turn it on after syncs.
     mp.setenv("RAG_EVAL_AFTER_SYNC", "false")
     for key, value in extra.items():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rag_assets.config import Settings
+from rag_assets.config import Settings, usable_cores
 from rag_assets.defs.resources import build_resources
 from rag_assets_tests.conftest import make_env
 
@@ -79,3 +79,14 @@ def test_sources_by_scheme_and_hdfs_is_refused(tmp_path):
         ObjectStoreSource("gs://", fs=object())
     with pytest.raises(ValueError, match="HDFS is not supported"):
         open_source("hdfs://namenode/docs")
+
+
+def test_sync_workers_default_to_two_where_two_cores_are_usable_and_must_be_positive(tmp_path, monkeypatch):
+    make_env(tmp_path, monkeypatch)
+    monkeypatch.delenv("RAG_SYNC_WORKERS")  # the tests' own default is 1 (conftest.make_env)
+    assert Settings.from_env().sync_workers == min(2, usable_cores())
+    monkeypatch.setenv("RAG_SYNC_WORKERS", "3")
+    assert Settings.from_env().sync_workers == 3
+    monkeypatch.setenv("RAG_SYNC_WORKERS", "0")
+    with pytest.raises(ValueError, match="RAG_SYNC_WORKERS"):
+        Settings.from_env()

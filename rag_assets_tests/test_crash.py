@@ -31,7 +31,7 @@ def sync(failpoint: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli), "sync", "--json"], env=env, capture_output=True, text=True, timeout=600)
 
 
-def state(env) -> dict:
+def state(env, shards=("north", "south")) -> dict:
     """Every table's rows (timestamps aside) and every live point, in a comparable form."""
     lake = env.resources()["iceberg"].lakehouse()
     out: dict = {}
@@ -39,7 +39,7 @@ def state(env) -> dict:
         rows = lake.table(spec).scan().to_arrow().drop_columns([c for c in TIME_COLUMNS if c in set_of(spec)]).to_pylist()
         out[spec.name] = sorted(rows, key=lambda r: json.dumps({k: v for k, v in r.items() if k != "vector"}, sort_keys=True))
     with env.resources()["qdrant"].index().session() as session:
-        out["points"] = {s: dict(session.shard_points(s).iter_rows()) for s in ("north", "south")}
+        out["points"] = {s: dict(session.shard_points(s).iter_rows()) for s in shards}
         out["point_count"] = session.count()
     return out
 
@@ -71,7 +71,8 @@ def clean_state(tmp_path_factory):
 @pytest.mark.parametrize("failpoint", ["embed.batch:3", "index.upsert_batch:2"])
 def test_sigkill_mid_step_then_rerun_equals_a_clean_sync(failpoint, clean_state, tmp_path, monkeypatch):
     clean, source = clean_state
-    env = make_env(tmp_path, monkeypatch, RAG_SOURCE=str(source), **SMALL_BATCHES)  # the same files: same URIs and mtimes
+    # The same files (same URIs and mtimes); the shards run in the CLI's own process, so the kill kills the sync.
+    env = make_env(tmp_path, monkeypatch, RAG_SOURCE=str(source), RAG_SYNC_WORKERS="1", **SMALL_BATCHES)
     killed = sync(failpoint)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 

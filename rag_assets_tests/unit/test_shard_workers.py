@@ -4,6 +4,7 @@ import os
 import signal
 
 from rag_assets import embedding, progress
+from rag_assets.config import usable_cores
 from rag_assets.shard_workers import ShardWorkers
 
 
@@ -32,9 +33,9 @@ def test_forked_workers_inherit_the_parents_objects_and_share_the_cores():
     assert sorted(rows) == list("abcdef")
     assert os.getpid() not in {row["pid"] for row in rows.values()}
     assert all(row["instance"] == "inst" and row["extra"] == "x" for row in rows.values())
-    assert {row["threads"] for row in rows.values()} == {max(1, embedding.usable_cores() // 2)}
+    assert {row["threads"] for row in rows.values()} == {max(1, usable_cores() // 2)}
     assert {row["listeners"] for row in rows.values()} == {0}  # only the parent draws progress
-    assert embedding.cpu_threads() == embedding.usable_cores()  # the parent's own share is untouched
+    assert embedding.cpu_threads() == usable_cores()  # the parent's own share is untouched
 
 
 def test_a_dead_worker_fails_the_unfinished_shards_and_nothing_hangs():
