@@ -20,8 +20,9 @@
    `SentenceTransformer.encode` at each `--batch-sizes` (the best is the baseline: 8 or 16 on 2 cores) and by the project's
    `Embedder.encode` (torch) and `OnnxEmbedder.encode` (RAG_EMBED_BACKEND=onnx), interleaved, in one
    more process; with the min cosine of each against SentenceTransformer's vectors. rag_assets runs
-   three times: with each backend, and with onnx and RAG_SYNC_WORKERS=2 (shard runs in 2 forked worker
-   processes); the ONNX export (once per model and machine) is made before the rounds.
+   three times: with each backend and its default RAG_SYNC_WORKERS (2 forked worker processes on 2+ cores),
+   and with onnx and RAG_SYNC_WORKERS=1 (every shard run in the CLI's process, as before that setting);
+   the ONNX export (once per model and machine) is made before the rounds.
 5. `--rounds` rounds, the systems in a rotated order each round; medians are reported.
 
 Prints one JSON object (every round's figures, medians, chunks embedded, ratios) and a table on stderr.
@@ -44,11 +45,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
-SYSTEMS = ("rag_assets", "rag_assets_onnx", "rag_assets_onnx_w2", "llamaindex", "langchain")
-NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "rag_assets_onnx_w2": "onnx, 2 workers",
+SYSTEMS = ("rag_assets", "rag_assets_onnx", "rag_assets_onnx_1w", "llamaindex", "langchain")
+NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "rag_assets_onnx_1w": "onnx, 1 worker",
          "llamaindex": "LlamaIndex", "langchain": "LangChain"}
-BACKENDS = {"rag_assets": "torch", "rag_assets_onnx": "onnx", "rag_assets_onnx_w2": "onnx"}  # RAG_EMBED_BACKEND of each rag_assets column
-SYNC_WORKERS = {"rag_assets_onnx_w2": 2}  # RAG_SYNC_WORKERS where not 1
+BACKENDS = {"rag_assets": "torch", "rag_assets_onnx": "onnx", "rag_assets_onnx_1w": "onnx"}  # RAG_EMBED_BACKEND of each rag_assets column
+SYNC_WORKERS = {"rag_assets_onnx_1w": 1}  # RAG_SYNC_WORKERS where not the default (2 on 2+ cores)
 PHASES = ("full", "nochange", "edit")
 CHUNK_TOKENS, CHUNK_OVERLAP, BATCH_SIZE = 200, 32, 64
 COLLECTION = "peers"
@@ -247,7 +248,10 @@ def rag_env(state: Path, src: Path, backend: str = "torch") -> dict:
 def run_phase(system: str, state: Path, src: Path) -> dict:
     if system in BACKENDS:
         rag_assets_cli = str(Path(sys.executable).parent / "rag-assets")
-        env = {**rag_env(state, src, BACKENDS[system]), "RAG_SYNC_WORKERS": str(SYNC_WORKERS.get(system, 1))}
+        env = rag_env(state, src, BACKENDS[system])
+        env.pop("RAG_SYNC_WORKERS", None)
+        if system in SYNC_WORKERS:
+            env["RAG_SYNC_WORKERS"] = str(SYNC_WORKERS[system])
         seconds, report = run_json([rag_assets_cli, "sync", "--json"], env)
         totals = report["totals"]
         assert totals["failed"] == 0, report

@@ -50,6 +50,12 @@ class ShardPlan:
     fingerprint: str = ""
     reason: str = ""  # why a shard is "changed": source | settings
 
+    @property
+    def whole_shard(self) -> bool:
+        """The run builds the whole shard (new, or changed settings: every chunk to embed unless the vector
+        store has it) rather than applying the source's edits."""
+        return self.status == "new" or self.reason == "settings"
+
 
 class SettingsConflict(RuntimeError):
     """The configured model differs from the one a collection was built with, and the collection did not change."""

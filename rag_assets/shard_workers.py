@@ -52,8 +52,8 @@ def _in_worker(plan, *args) -> dict:
 
 class ShardWorkers:
     """`with ShardWorkers(n, run, lost, instance, resources) as pool: pool.map(plans, *args)` yields
-    (plan, row) as each shard finishes: in this process when n is 1 (or fork is not available), else in
-    n forked workers."""
+    (plan, row) as each shard finishes: in n forked workers, or in this process when n is 1 (or the
+    workers could not be forked); `pool.here(plans, *args)` runs them in this process."""
 
     def __init__(self, workers: int, run: Run, lost: Lost, instance, resources):
         self.workers, self.run, self.lost = workers, run, lost
@@ -76,10 +76,15 @@ class ShardWorkers:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.folder.cleanup()
 
+    def here(self, plans: Sequence, *args) -> Iterator[tuple[object, dict]]:
+        """(plan, row) of each plan, run one after another in this process."""
+        for plan in plans:
+            yield plan, self.run(self.instance, self.resources, plan, *args)
+
     def map(self, plans: Sequence, *args) -> Iterator[tuple[object, dict]]:
+        """(plan, row) of each plan as it finishes, in the workers (here when there are none, or one plan)."""
         if self.pool is None or len(plans) < 2:
-            for plan in plans:
-                yield plan, self.run(self.instance, self.resources, plan, *args)
+            yield from self.here(plans, *args)
             return
         pending = {self.pool.submit(_in_worker, plan, *args): plan for plan in plans}
         while pending:

@@ -5,6 +5,7 @@ the project's code location (`project_runs`).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,7 +91,12 @@ def run_sync(
                 if plan.shard in held:
                     row.update(status="held", reason=held[plan.shard])
                 report.shards[plan.shard] = row
-        for plan, row in pool.map(to_run, allow_deletes):
+        # Edits (and removals) go to the workers. Whole shards to build run here, one at a time: their model
+        # calls would take turns anyway, and two workers building whole shards on 2 vCPUs were slower than
+        # this process alone (benchmarks/RESULTS.md, "Side by side").
+        edits = [p for p in to_run if not p.whole_shard]
+        builds = [p for p in to_run if p.whole_shard]
+        for plan, row in itertools.chain(pool.map(edits, allow_deletes), pool.here(builds, allow_deletes)):
             report.shards[plan.shard] = row
             progress.finished(plan, row)
     report.shards = {plan.shard: report.shards[plan.shard] for plan in plans}  # in the plan's order

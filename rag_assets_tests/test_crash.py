@@ -93,20 +93,3 @@ def test_sigkill_mid_step_then_rerun_equals_a_clean_sync(failpoint, clean_state,
     assert report["totals"]["failed"] == 0
     assert_same(state(env), clean)
 
-
-def test_a_killed_sync_worker_fails_its_shards_and_the_rerun_equals_a_clean_sync(clean_state, tmp_path, monkeypatch):
-    """RAG_SYNC_WORKERS=2: shards run in forked workers. One killed while embedding stops the pool; the CLI
-    lives, reports the unfinished shards failed, and the next sync (again with workers) catches up to
-    exactly what the serial in-process sync of `clean_state` made."""
-    clean, source = clean_state
-    env = make_env(tmp_path, monkeypatch, RAG_SOURCE=str(source), RAG_SYNC_WORKERS="2", **SMALL_BATCHES)
-    killed = sync("embed.batch:3")
-    assert killed.returncode == 1, killed.stderr[-2000:]  # a report, not a killed CLI
-    shards = json.loads(killed.stdout)["shards"]
-    failed = {s: r["error"] for s, r in shards.items() if r["status"] == "failed"}
-    assert failed and all("worker process died" in e for e in failed.values()), shards
-
-    rerun = sync()
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert json.loads(rerun.stdout)["totals"]["failed"] == 0
-    assert_same(state(env), clean)

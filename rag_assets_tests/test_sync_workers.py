@@ -1,5 +1,6 @@
-"""`rag-assets sync` with RAG_SYNC_WORKERS=2: the shard runs execute in forked worker processes, recorded
-in the same instance, with the same results as a sync that runs them in its own process."""
+"""`rag-assets sync` with RAG_SYNC_WORKERS=2: edited shards run in forked worker processes, recorded in
+the same instance, with the same tables and index as a sync that runs every shard in its own process; a
+worker killed mid-run fails its shards, not the sync, and the next sync catches up."""
 
 import json
 import os
@@ -16,10 +17,15 @@ from rag_assets_tests.conftest import make_env, write_corpus
 from rag_assets_tests.test_crash import assert_same, state
 
 CLI = str(Path(sys.executable).with_name("rag-assets"))
+SHARDS = ("alpha", "beta", "gamma")
 
 
-def cli_sync(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "sync", *args], env=dict(os.environ), capture_output=True, text=True, timeout=600)
+def cli_sync(*args: str, failpoint: str = "") -> tuple[int, subprocess.CompletedProcess]:
+    """The CLI's pid and its result."""
+    env = {**os.environ, "RAG_FAILPOINT": failpoint} if failpoint else dict(os.environ)
+    proc = subprocess.Popen([CLI, "sync", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
+    return proc.pid, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def edit(source: Path) -> None:
@@ -27,32 +33,43 @@ def edit(source: Path) -> None:
     (source / "gamma" / "extra.md").write_text("# Tides\n\nTides follow the moon across the sea.\n")
 
 
-def test_workers_give_what_a_sync_in_one_process_gives(tmp_path, monkeypatch):
+def test_workers_give_what_a_sync_in_one_process_gives_even_after_one_is_killed(tmp_path, monkeypatch):
     source = tmp_path / "source"  # one source for both homes: the same URIs and file versions
     write_corpus(source)
-    workers = make_env(tmp_path / "workers", monkeypatch, RAG_SOURCE=str(source), RAG_SYNC_WORKERS="2")
+    workers = make_env(tmp_path / "workers", monkeypatch, RAG_SOURCE=str(source))
     serial = make_env(tmp_path / "serial", monkeypatch, RAG_SOURCE=str(source))
     assert run_sync(serial.instance(), serial.resources()).as_json()["totals"]["failed"] == 0
 
     use(workers, monkeypatch, RAG_SYNC_WORKERS="2")
-    first = cli_sync()  # not --json: the shard bar is drawn from the workers' results
+    cli, first = cli_sync()  # new shards: built one at a time in the CLI's process; not --json: the bar
     assert first.returncode == 0, first.stderr[-3000:]
     assert "3/3" in first.stderr
+    assert {r.tags[PID_TAG] for r in shard_runs()} == {str(cli)}
+
     edit(source)
-    second = cli_sync("--json")
+    _, killed = cli_sync("--json", failpoint="embed.batch:1")  # each worker dies at its first model call
+    assert killed.returncode == 1, killed.stderr[-3000:]  # a report, not a killed CLI
+    shards = json.loads(killed.stdout)["shards"]
+    assert {s for s, row in shards.items() if row["status"] == "failed"} == {"alpha", "gamma"}, shards
+    assert all("worker process died" in shards[s]["error"] for s in ("alpha", "gamma"))
+
+    cli, second = cli_sync("--json")
     assert second.returncode == 0, second.stderr[-3000:]
     report = json.loads(second.stdout)
     assert [s for s, row in report["shards"].items() if row["status"] == "changed"] == ["alpha", "gamma"]
     assert report["shards"]["beta"]["status"] == "unchanged" and report["totals"]["embedded"] > 0
-    runs = dg.DagsterInstance.get().get_runs(dg.RunsFilter(job_name="shard_sync_job"))
-    assert len(runs) == 5 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
-    first_sync = {r.tags[PID_TAG] for r in runs[2:]}  # newest first: the 3 runs of the first sync
-    assert len(first_sync) == 2, first_sync  # its 3 shards ran in 2 workers, each run naming its worker
+    runs = shard_runs()[:2]  # newest first: this sync's two runs, each naming the worker that executed it
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    assert str(cli) not in {r.tags[PID_TAG] for r in runs}
     got = state_of(workers)
 
     use(serial, monkeypatch, RAG_SYNC_WORKERS="1")
     assert run_sync(serial.instance(), serial.resources()).as_json()["totals"]["failed"] == 0
     assert_same(got, state_of(serial))
+
+
+def shard_runs() -> list:
+    return dg.DagsterInstance.get().get_runs(dg.RunsFilter(job_name="shard_sync_job"))
 
 
 def use(env, monkeypatch, **extra: str) -> None:
@@ -65,7 +82,7 @@ def state_of(env) -> dict:
     """test_crash's comparable state of this corpus's shards, with one vector store row per hash: two
     workers may both embed a text new to both their shards, and the store keeps such duplicates until
     it merges them (vector_store.py); every lookup finds the same vector either way."""
-    got = state(env, shards=("alpha", "beta", "gamma"))
+    got = state(env, shards=SHARDS)
     unique = {(r["model"], r["chunk_hash"]): r for r in got[VECTOR_STORE.name]}
     got[VECTOR_STORE.name] = [unique[k] for k in sorted(unique)]
     return got

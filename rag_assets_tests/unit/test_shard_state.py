@@ -40,3 +40,9 @@ def test_another_model_or_collection_re_syncs_every_shard():
     assert plan_shards({"a": "f"}, {"a"}, other, SETTINGS) == [ShardPlan("a", "changed", "f", "settings")]
     # A record of a shard that is no longer a partition does not count.
     assert plan_shards({}, set(), records, SETTINGS) == []
+
+def test_new_shards_and_changed_settings_build_whole_shards_edits_do_not():
+    """What `rag-assets sync` leaves to its workers (edits) and what it builds itself (whole shards)."""
+    plans = [ShardPlan("a", "new"), ShardPlan("b", "changed", "f", "settings"), ShardPlan("c", "changed", "f", "source"),
+             ShardPlan("d", "removed"), ShardPlan("e", "unchanged")]
+    assert [p.shard for p in plans if p.whole_shard] == ["a", "b"]
