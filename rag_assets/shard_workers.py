@@ -16,8 +16,10 @@ the child; gRPC and fsspec's event loops run threads): with other threads alive,
 that ran other tests, the shards run in this process. Each worker's model and chunker get an equal share
 of the cores (`embedding.limit_cpu_threads`).
 
-A worker that dies (killed, out of memory) fails the shards it had not finished, which the next sync
-runs again (their runs, if started, name the dead worker's pid, so they keep no shard busy).
+A worker that dies (killed, out of memory) breaks the pool: every shard not finished by then fails (the
+other workers are stopped), and the next sync runs them again; their runs, if started, name a dead
+worker's pid, so they keep no shard busy. The workers take turns on the model through a file lock, which
+a killed worker's kernel releases.
 """
 
 from __future__ import annotations
