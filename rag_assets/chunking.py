@@ -90,7 +90,7 @@ class Chunker:
 
     def split_many(self, texts: Sequence[str]) -> Iterator[list[Chunk]]:
         """`split` of each text, in order, on every core: the splitter and the tokenizer are Rust and let go
-        of the GIL, so 2 threads chunk ~1.8x as fast as one on 2 cores (benchmarks/RESULTS.md). The caller
+        of the GIL, so 2 threads chunk ~1.6x as fast as one on 2 vCPUs (benchmarks/cores.py). The caller
         bounds memory by the texts it passes (a batch of a partition), as with `split`."""
         if len(texts) < 2:
             yield from map(self.split, texts)

@@ -113,9 +113,9 @@ _model_turns: contextlib.AbstractContextManager = contextlib.nullcontext()  # wh
 
 def take_turns_on_model(lock_file: str) -> None:
     """Model calls of this process wait for `lock_file`'s lock: sync workers (shard_workers.py) call the
-    model one at a time. On 2 vCPUs two encodes at once ran 2.3x slower each (the vCPUs share one core's
-    vector units), while one worker's Python steps beside another's encode cost it little. A file lock,
-    so that a worker killed while encoding releases it."""
+    model one at a time. On 2 vCPUs two encodes at once ran ~2.5x slower each (the vCPUs share one core's
+    vector units: benchmarks/cores.py), and a second thread gave one encode nothing. A file lock, so that
+    a worker killed while encoding releases it."""
     global _model_turns
     from filelock import FileLock
 
@@ -172,7 +172,6 @@ def release_freed_memory() -> None:
 # its best batch size (16), 8,192 ~3% slower: small batches stay in the CPU's caches.
 CPU_BATCH_TOKENS = 4096
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
-CPU_THREADS = 0
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
 
@@ -394,8 +393,8 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
 class OnnxEmbedder(TextBatcher):
     """The same vectors (cosine > 0.999 to torch float32) from ONNX Runtime on the CPU.
 
-    The point is the start, not the throughput: loading takes ~0.6 s against ~10 s for importing torch
-    and sentence-transformers, which is what a small sync pays (benchmarks/RESULTS.md). The export is
+    The point is the start more than the throughput: loading takes ~0.4 s against ~4.5 s for importing
+    torch and sentence-transformers, which is what a small sync pays (benchmarks/RESULTS.md). The export is
     made once per model into the model cache (RAG_MODEL_CACHE) and reused by every later process.
     """
 
@@ -415,7 +414,6 @@ class OnnxEmbedder(TextBatcher):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings only
         options.intra_op_num_threads = cpu_threads()
-        options.intra_op_num_threads = CPU_THREADS
         try:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # e.g. a cache file damaged after its atomic write
