@@ -38,6 +38,8 @@ from rag_assets.config import usable_cores
 Run = Callable[..., dict]  # (instance, resources, plan, *args) -> the shard's report row
 Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose worker died
 
+WORKER_DIED = "a sync worker process died (killed, or out of memory); the next sync runs this shard again"
+
 _task: tuple | None = None  # (run, instance, resources), set before the fork: what the workers inherit
 
 
@@ -88,7 +90,12 @@ class ShardWorkers:
         if self.pool is None or len(plans) < 2:
             yield from self.here(plans, *args)
             return
-        pending = {self.pool.submit(_in_worker, plan, *args): plan for plan in plans}
+        pending = {}
+        for plan in plans:
+            try:
+                pending[self.pool.submit(_in_worker, plan, *args)] = plan
+            except BrokenProcessPool:  # a worker died while the others were being handed their shards
+                yield plan, self.lost(plan, WORKER_DIED)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -96,4 +103,4 @@ class ShardWorkers:
                 try:
                     yield plan, future.result()
                 except BrokenProcessPool:
-                    yield plan, self.lost(plan, "a sync worker process died (killed, or out of memory); the next sync runs this shard again")
+                    yield plan, self.lost(plan, WORKER_DIED)
