@@ -7,7 +7,8 @@ each shard run taken apart from its own Dagster events.
 The peers benchmark's corpus and edit (benchmarks/peers.py): `--pages` pages in `--shards` shards, one
 sentence inserted into the middle paragraph of one page per shard. One full build and one no-change sync
 first; then, `--rounds` times, the synced state is restored, the pages are edited and `rag-assets sync
---json` runs as a fresh process (interpreter start, imports and model load included). For each shard run
+--json` runs as a fresh process (interpreter start, imports and model load included), with RAG_SYNC_WORKERS=1
+so the shard runs run one after another. For each shard run
 the Dagster event log gives the time before its first step (the run's creation, planned events, start),
 each step's span (STEP_START to STEP_SUCCESS: the asset body and its events) and the events written.
 Prints one JSON object: the medians over the rounds.
@@ -76,7 +77,8 @@ def main() -> None:
         (tmp / "cache").mkdir()
         base, state, src = tmp / "base", tmp / "cache" / "x" / "state", tmp / "src"  # rag_env shares ../../models
         build_src(src, pick_pages(args.pages), args.shards)
-        env = rag_env(state, src, args.backend)
+        # One shard run after another in the CLI's process: the runs' spans add up to the time they took.
+        env = {**rag_env(state, src, args.backend), "RAG_SYNC_WORKERS": "1"}
         full, _ = timed_sync(env)
         nochange, _ = timed_sync(env)
         shutil.copytree(state, base / "state")

@@ -168,7 +168,7 @@ class Settings:
     run_retention_days: int  # finished runs older than this are deleted (not those holding a shard's latest state)
     max_document_mb: int = 64  # larger files, decompressed files and Parquet row groups are quarantined ("too_large")
     max_delete_fraction: float = 0.5  # a run removing more of a shard's points, or a sync more of the shards, is held
-    sync_workers: int = 1  # `rag-assets sync`: shard runs at once, in forked worker processes above 1 (shard_workers.py); default 2 with 2+ cores
+    sync_workers: int = 1  # `rag-assets sync`: edited shards' runs at once, in forked workers above 1 (shard_workers.py); from_env: 2 on 2+ cores
     min_free_mb: int = 256  # the embedded engine refuses to open with less free space than its sparse files plus this
 
     def qdrant_options(self) -> dict[str, object]:

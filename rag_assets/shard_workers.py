@@ -63,6 +63,7 @@ class ShardWorkers:
         self.workers, self.run, self.lost = workers, run, lost
         self.instance, self.resources = instance, resources
         self.pool: ProcessPoolExecutor | None = None
+        self.folder: tempfile.TemporaryDirectory | None = None  # holds the model's turn lock while workers run
 
     def __enter__(self) -> ShardWorkers:
         if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
@@ -78,6 +79,7 @@ class ShardWorkers:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.folder is not None:
             self.folder.cleanup()
 
     def here(self, plans: Sequence, *args) -> Iterator[tuple[object, dict]]:

@@ -58,7 +58,7 @@ class SyncProgress:
         """The shards that will run (new, changed and removed ones that are not busy), before any runs."""
 
     def finished(self, plan: ShardPlan, row: dict) -> None:
-        """A shard is done: its report row."""
+        """A shard that ran (synced or removed) is done: its report row, in the order the runs finish."""
 
 
 def run_sync(
