@@ -230,12 +230,13 @@ class WriteResult:
 def _catalog(name: str, properties: tuple[tuple[str, str], ...]) -> Catalog:
     """The catalog client. A SQL catalog creates its own tables on first use; on PostgreSQL, processes
     doing that at the same moment collide in `CREATE TABLE IF NOT EXISTS` (a unique violation on
-    pg_type, seen with 16 shard runs starting together), so the loser retries and then finds them."""
+    pg_type, seen with 16 shard runs starting together; on SQLite, "table iceberg_tables already exists",
+    seen with two sync workers building new shards on a fresh home), so the loser retries and then finds them."""
     import tenacity
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type((IntegrityError, ProgrammingError)),
+        retry=tenacity.retry_if_exception_type((IntegrityError, OperationalError, ProgrammingError)),
         stop=tenacity.stop_after_attempt(5),
         wait=tenacity.wait_random(0.05, 0.5),
         reraise=True,

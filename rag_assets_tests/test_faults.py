@@ -44,6 +44,36 @@ def test_two_syncs_started_together_on_a_fresh_home_agree(tmp_path, monkeypatch,
     assert all(row["in_sync"] for row in json.loads(status.stdout)["shards"].values())
 
 
+def _open_fresh_catalogs_in_step(folder: Path, rounds: int, ready) -> None:
+    for i in range(rounds):
+        ready.wait(60)  # every process is ready: they open the same new catalog at the same moment
+        _catalog.cache_clear()
+        Lakehouse("fresh", _sqlite_catalog(folder / str(i)), "rag").table(EMBEDDINGS)
+
+
+def _sqlite_catalog(folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"type": "sql", "uri": f"sqlite:///{folder}/catalog.db", "warehouse": f"file://{folder}/wh"}
+
+
+def test_processes_opening_a_fresh_sqlite_catalog_at_once_all_succeed(tmp_path):
+    """Each creates the SQL catalog's own tables on first use; the losers of that race (SQLite: "table
+    iceberg_tables already exists") retry and find them (seen with two sync workers on a fresh home)."""
+    import multiprocessing as mp
+
+    ctx, rounds = mp.get_context("spawn"), 10
+    ready = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_fresh_catalogs_in_step, args=(tmp_path, rounds, ready)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    _catalog.cache_clear()
+    for i in range(rounds):
+        assert Lakehouse("fresh", _sqlite_catalog(tmp_path / str(i)), "rag").row_counts(EMBEDDINGS) == {}
+
+
 def test_two_writers_of_one_empty_partition_leave_exactly_one_copy(tmp_path):
     props = {"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": f"file://{tmp_path}/wh"}
     Lakehouse("race", props, "rag").replace_partition(EMBEDDINGS, "other", vector_rows("other", 0, 2))  # the table exists
