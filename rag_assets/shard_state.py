@@ -28,6 +28,8 @@ from rag_assets.defs.partitions import shards
 from rag_assets.source import Source
 
 RAW_DOCUMENTS_KEY = dg.AssetKey("raw_documents")
+CHUNKS_KEY = dg.AssetKey("chunks")
+EMBEDDINGS_KEY = dg.AssetKey("embeddings")
 VECTOR_INDEX_KEY = dg.AssetKey("vector_index")
 
 FINGERPRINT = "source_fingerprint"  # recorded by raw_documents (as read) and vector_index (as synced)

@@ -7,8 +7,10 @@ is not thread-safe (each run's log manager re-runs `logging.config.dictConfig`, 
 runs in threads). Each worker executes whole Dagster runs, exactly as the CLI does, and records them in
 the same instance, as the daemon's run workers do.
 
-Why fork, and why first: a forked worker starts with every module already imported (a fresh interpreter
-pays ~2 s for dagster, pyiceberg and polars before its first shard). The workers are forked when the
+Why fork, and why first: a forked worker starts with the CLI's modules already imported (a fresh
+interpreter pays ~2 s for dagster, polars and the rest before its first shard); the assets, jobs and
+pyiceberg, which a sync with nothing to run never needs, each worker imports on its first shard (sync.py).
+The workers are forked when the
 sync starts, before this process opens any catalog, client or model, so no connection, thread pool or
 model is shared between processes: each worker opens its own once and keeps it for the shards it runs.
 Only a single-threaded process forks (a thread holding a lock at the fork would leave it held forever in

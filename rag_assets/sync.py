@@ -12,23 +12,26 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from rag_assets.defs.assets import chunks, embeddings, raw_documents, vector_index
-from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
 from rag_assets.defs.partitions import add_shards, shards
-from rag_assets.project_runs import execute_project_job
 from rag_assets.deletion_guard import held_shards, is_held_failure
 from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
 from rag_assets.shard_workers import ShardWorkers
-from rag_assets.shard_state import ShardPlan, check_live, index_settings, latest_metadata, plan_sync
+from rag_assets.shard_state import (
+    CHUNKS_KEY, EMBEDDINGS_KEY, RAW_DOCUMENTS_KEY, VECTOR_INDEX_KEY, ShardPlan, check_live, index_settings, latest_metadata,
+    plan_sync,
+)
 
-COUNT_SOURCES = {  # report field -> (asset, metadata key)
-    "documents": (raw_documents, "documents"),
-    "quarantined": (raw_documents, "quarantined"),
-    "chunks": (chunks, "chunks"),
-    "embedded": (embeddings, "embedded"),
-    "reused": (embeddings, "reused"),
-    "upserted": (vector_index, "upserted"),
-    "deleted": (vector_index, "deleted"),
+# The assets, jobs and Iceberg tables are imported by `_run_shard`, not here: a sync with nothing to run
+# (most syncs) never pays for them (~0.45 s of a ~3 s process), and forked workers import them on their
+# first shard, both at once.
+COUNT_SOURCES = {  # report field -> (asset key, metadata key)
+    "documents": (RAW_DOCUMENTS_KEY, "documents"),
+    "quarantined": (RAW_DOCUMENTS_KEY, "quarantined"),
+    "chunks": (CHUNKS_KEY, "chunks"),
+    "embedded": (EMBEDDINGS_KEY, "embedded"),
+    "reused": (EMBEDDINGS_KEY, "reused"),
+    "upserted": (VECTOR_INDEX_KEY, "upserted"),
+    "deleted": (VECTOR_INDEX_KEY, "deleted"),
 }
 COUNT_FIELDS = (*COUNT_SOURCES, "seconds")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # run logs stay in the instance
@@ -77,7 +80,7 @@ def run_sync(
         busy = busy_shards(instance)  # left to the run already queued or running for them (another sync, the daemon)
         held = held_shards(instance, plans, len(known), resources["source"].max_delete_fraction, allow_deletes)
         idle = {p.shard for p in plans if p.status == "unchanged" or p.shard in held}  # nothing runs for them
-        last = {asset.key: latest_metadata(instance, asset.key, idle) for asset in (raw_documents, chunks)} if idle else {}
+        last = {key: latest_metadata(instance, key, idle) for key in (RAW_DOCUMENTS_KEY, CHUNKS_KEY)} if idle else {}
         report = SyncReport(skipped=dict(source.skipped))
         progress = progress or SyncProgress()
         to_run = [p for p in plans if p.shard not in idle and p.shard not in busy]
@@ -86,8 +89,8 @@ def run_sync(
             if plan.shard in busy and plan.status != "unchanged":
                 report.shards[plan.shard] = _row(plan, status="busy", reason="a run for this shard is queued or in progress")
             elif plan.shard in idle:  # the counts of its last sync
-                row = _row(plan, **{name: last[asset.key].get(plan.shard, {}).get(key, 0)
-                                    for name, (asset, key) in COUNT_SOURCES.items() if name in ("documents", "chunks", "quarantined")})
+                row = _row(plan, **{name: last[asset_key].get(plan.shard, {}).get(key, 0)
+                                    for name, (asset_key, key) in COUNT_SOURCES.items() if name in ("documents", "chunks", "quarantined")})
                 if plan.shard in held:
                     row.update(status="held", reason=held[plan.shard])
                 report.shards[plan.shard] = row
@@ -113,6 +116,9 @@ def _lost(plan: ShardPlan, why: str) -> dict:
 
 def _run_shard(instance: dg.DagsterInstance, resources: Mapping[str, object], plan: ShardPlan, allow_deletes: bool) -> dict:
     """Sync (new, changed) or remove (removed) one shard in a Dagster run of this process; its report row."""
+    from rag_assets.defs.jobs import remove_run_config, remove_shard_job, shard_sync_job
+    from rag_assets.project_runs import execute_project_job
+
     started = time.perf_counter()
     row = _row(plan)
     tags = {**shard_run_tags("cli", plan.shard, plan.status, plan.reason, plan.fingerprint), **worker_tags()}
@@ -124,8 +130,8 @@ def _run_shard(instance: dg.DagsterInstance, resources: Mapping[str, object], pl
         )
         for event in result.get_asset_materialization_events():
             meta = event.materialization.metadata
-            for name, (asset, key) in COUNT_SOURCES.items():
-                if event.asset_key == asset.key and key in meta:
+            for name, (asset_key, key) in COUNT_SOURCES.items():
+                if event.asset_key == asset_key and key in meta:
                     row[name] = meta[key].value
         if not result.success:
             row.update(_failure(result))
