@@ -24,6 +24,9 @@
    and with onnx and RAG_SYNC_WORKERS=1 (every shard run in the CLI's process, as before that setting);
    the ONNX export (once per model and machine) is made before the rounds.
 5. `--rounds` rounds, the systems in a rotated order each round; medians are reported.
+6. `--systems` runs some of the columns only, and `--no-encode` skips the raw encode (and the ratios that
+   need it): a shorter run for the no-change and edit ratios, e.g.
+   `--systems rag_assets_onnx,rag_assets,llamaindex --no-encode`.
 
 Prints one JSON object (every round's figures, medians, chunks embedded, ratios) and a table on stderr.
 """
@@ -51,6 +54,7 @@ NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "rag_
 BACKENDS = {"rag_assets": "torch", "rag_assets_onnx": "onnx", "rag_assets_onnx_1w": "onnx"}  # RAG_EMBED_BACKEND of each rag_assets column
 SYNC_WORKERS = {"rag_assets_onnx_1w": 1}  # RAG_SYNC_WORKERS where not the default (2 on 2+ cores)
 PHASES = ("full", "nochange", "edit")
+ENCODE_STATE = "rag_assets"  # the column whose full build's chunks the raw encode reads (the first rag_assets one run)
 CHUNK_TOKENS, CHUNK_OVERLAP, BATCH_SIZE = 200, 32, 64
 COLLECTION = "peers"
 EDIT = b" This sentence was inserted by the benchmark, so the middle of the page changed."
@@ -262,7 +266,7 @@ def run_phase(system: str, state: Path, src: Path) -> dict:
     return {"seconds": seconds, **report}
 
 
-def run_round(r: int, tmp: Path, pages: list[Path], shards: int, batch_sizes: list[int]) -> dict:
+def run_round(r: int, tmp: Path, pages: list[Path], shards: int, batch_sizes: list[int] | None) -> dict:
     src = tmp / "src"
     order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[: r % len(SYSTEMS)]
     result: dict = {"order": list(order)}
@@ -274,13 +278,14 @@ def run_round(r: int, tmp: Path, pages: list[Path], shards: int, batch_sizes: li
             if phase == "edit":
                 result["edited"] = edit_shards(src)
             result[system][phase] = run_phase(system, state, src)
-            if (system, phase) == ("rag_assets", "full"):
+            if (system, phase) == (ENCODE_STATE, "full"):
                 full_built_ms = int(time.time() * 1000)
             print(f"round {r + 1} {NAMES[system]} {phase}: {result[system][phase]['seconds']}s, "
                   f"embedded {result[system][phase]['embedded']}", file=sys.stderr)
-    _, result["encode"] = run_json([sys.executable, __file__, "--worker", "encode", "--as-of", str(full_built_ms),
-                                    "--batch-sizes", ",".join(map(str, batch_sizes))],
-                                   rag_env(tmp / f"round-{r}" / "rag_assets", src))
+    if batch_sizes:  # the raw encode reads the chunks of this round's first rag_assets full build
+        _, result["encode"] = run_json([sys.executable, __file__, "--worker", "encode", "--as-of", str(full_built_ms),
+                                        "--batch-sizes", ",".join(map(str, batch_sizes))],
+                                       rag_env(tmp / f"round-{r}" / ENCODE_STATE, src))
     return result
 
 
@@ -292,44 +297,52 @@ def checks(rounds: list[dict]) -> dict[str, bool]:
         out[f"{system}: full embeds"] = all(r[system]["full"]["embedded"] > 0 for r in rounds)
         out[f"{system}: no change embeds nothing"] = all(r[system]["nochange"]["embedded"] == 0 for r in rounds)
         out[f"{system}: edit embeds"] = all(r[system]["edit"]["embedded"] > 0 for r in rounds)
-    out["llamaindex: edit embeds only the edited documents"] = all(
-        r["llamaindex"]["edit"]["documents_embedded"] == sorted(r["edited"]) for r in rounds)
+    if "llamaindex" in SYSTEMS:
+        out["llamaindex: edit embeds only the edited documents"] = all(
+            r["llamaindex"]["edit"]["documents_embedded"] == sorted(r["edited"]) for r in rounds)
     return out
 
 
-def summarize(rounds: list[dict], batch_sizes: list[int]) -> dict:
+def summarize(rounds: list[dict], batch_sizes: list[int] | None) -> dict:
     seconds = {s: {p: statistics.median(r[s][p]["seconds"] for r in rounds) for p in PHASES} for s in SYSTEMS}
     embedded = {s: {p: rounds[0][s][p]["embedded"] for p in PHASES} for s in SYSTEMS}
+    ours, peers = [s for s in SYSTEMS if s in BACKENDS], [s for s in SYSTEMS if s not in BACKENDS]
+    ratios = {}
+    if peers:
+        peer_edit = min(peers, key=lambda s: seconds[s]["edit"])
+        peer_nochange = min(peers, key=lambda s: seconds[s]["nochange"])
+        ratios |= {f"{s} edit / {peer_edit} edit": round(seconds[s]["edit"] / seconds[peer_edit]["edit"], 2) for s in ours}
+        ratios |= {f"{peer_nochange} no change / {s} no change": round(seconds[peer_nochange]["nochange"] / seconds[s]["nochange"], 2)
+                   for s in ours}
+    out = {"median_seconds": seconds, "embedded": embedded, "ratios": ratios, "checks": checks(rounds)}
+    if not batch_sizes:
+        return out
     st = {bs: statistics.median(r["encode"]["st_seconds"][str(bs)] for r in rounds) for bs in batch_sizes}
     best = min(st, key=st.get)
     encode = {"chunks": rounds[0]["encode"]["chunks"], "tokens": rounds[0]["encode"]["tokens"], "st_seconds": st,
               "best_batch_size": best, "raw_encode_seconds": st[best],
               **{f"{e}_{k}": statistics.median(r["encode"][f"{e}_{k}"] for r in rounds)
                  for e in ("embedder", "onnx") for k in ("seconds", "min_cosine")}}
-    peer_edit = min(("llamaindex", "langchain"), key=lambda s: seconds[s]["edit"])
-    peer_nochange = min(("llamaindex", "langchain"), key=lambda s: seconds[s]["nochange"])
-    ratios = {
+    ratios |= {
         **{f"{s} full / raw encode": round(seconds[s]["full"] / st[best], 2) for s in SYSTEMS},
-        **{f"{s} edit / {peer_edit} edit": round(seconds[s]["edit"] / seconds[peer_edit]["edit"], 2) for s in BACKENDS},
-        **{f"{peer_nochange} no change / {s} no change": round(seconds[peer_nochange]["nochange"] / seconds[s]["nochange"], 2)
-           for s in BACKENDS},
         "Embedder.encode / best ST encode": round(encode["embedder_seconds"] / st[best], 3),
         "OnnxEmbedder.encode / best ST encode": round(encode["onnx_seconds"] / st[best], 3),
     }
-    return {"median_seconds": seconds, "embedded": embedded, "encode": encode, "ratios": ratios, "checks": checks(rounds)}
+    return {**out, "encode": encode, "ratios": ratios}
 
 
 def print_table(out: dict) -> None:
-    seconds, embedded, encode = out["median_seconds"], out["embedded"], out["encode"]
+    seconds, embedded, encode = out["median_seconds"], out["embedded"], out.get("encode")
     err = functools.partial(print, file=sys.stderr)
     err(f"\npostgresql-doc-15: {out['pages']} pages, {out['shards']} shards, {out['rounds']} round(s), {out['cpu']}; "
         f"median wall seconds of a fresh process (chunks embedded)")
     err(f"{'':<12}" + "".join(f"{NAMES[s]:>20}" for s in SYSTEMS))
     for phase, label in zip(PHASES, ("full build", "no change", "edit")):
         err(f"{label:<12}" + "".join(f"{f'{seconds[s][phase]:.1f}s ({embedded[s][phase]})':>20}" for s in SYSTEMS))
-    err(f"raw encode: {encode['raw_encode_seconds']:.1f}s (SentenceTransformer.encode, batch {encode['best_batch_size']}, "
-        f"{encode['chunks']} chunks, {encode['tokens']} tokens); Embedder.encode {encode['embedder_seconds']:.1f}s, "
-        f"OnnxEmbedder.encode {encode['onnx_seconds']:.1f}s; min cosine {encode['embedder_min_cosine']}, {encode['onnx_min_cosine']}")
+    if encode:
+        err(f"raw encode: {encode['raw_encode_seconds']:.1f}s (SentenceTransformer.encode, batch {encode['best_batch_size']}, "
+            f"{encode['chunks']} chunks, {encode['tokens']} tokens); Embedder.encode {encode['embedder_seconds']:.1f}s, "
+            f"OnnxEmbedder.encode {encode['onnx_seconds']:.1f}s; min cosine {encode['embedder_min_cosine']}, {encode['onnx_min_cosine']}")
     for name, ratio in out["ratios"].items():
         err(f"  {name}: {ratio}")
     for name, ok in out["checks"].items():
@@ -346,18 +359,28 @@ def export_onnx_once(cache: Path) -> None:
 
 
 def main() -> None:
+    global SYSTEMS, ENCODE_STATE
     parser = argparse.ArgumentParser()
     parser.add_argument("--pages", type=int, default=200)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="8,16,64", help="SentenceTransformer.encode batch sizes of the raw encode")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="the columns to run, of " + ",".join(SYSTEMS))
+    parser.add_argument("--no-encode", action="store_true", help="skip the raw encode (and the ratios to it)")
     parser.add_argument("--worker", choices=("llamaindex", "langchain", "encode"), help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    SYSTEMS = tuple(s for s in args.systems.split(",") if s)
+    if unknown := set(SYSTEMS) - set(NAMES):
+        sys.exit(f"--systems: unknown {sorted(unknown)}")
+    if not args.no_encode:
+        ENCODE_STATE = next((s for s in SYSTEMS if s in BACKENDS), None)
+        if ENCODE_STATE is None:
+            sys.exit("the raw encode reads a rag_assets column's chunks: add one to --systems, or pass --no-encode")
 
     if args.worker == "encode":
         print(json.dumps(encode_worker(args.as_of, batch_sizes)))
@@ -371,9 +394,9 @@ def main() -> None:
     pages = pick_pages(args.pages)
     tmp = Path(tempfile.mkdtemp(prefix="rag-peers-"))
     export_onnx_once(tmp / "models")
-    rounds = [run_round(r, tmp, pages, args.shards, batch_sizes) for r in range(args.rounds)]
+    rounds = [run_round(r, tmp, pages, args.shards, None if args.no_encode else batch_sizes) for r in range(args.rounds)]
     out = {"pages": args.pages, "shards": args.shards, "rounds": args.rounds, "cpu": f"cpu ({os.cpu_count()} cores)",
-           "versions": {p: version(p) for p in PACKAGES}, **summarize(rounds, batch_sizes), "per_round": rounds}
+           "versions": {p: version(p) for p in PACKAGES}, **summarize(rounds, None if args.no_encode else batch_sizes), "per_round": rounds}
     print(json.dumps(out))
     print_table(out)
     if not args.keep:
