@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from rag_assets import embedding, progress
 from rag_assets.config import usable_cores
@@ -43,6 +45,29 @@ Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose 
 WORKER_DIED = "a sync worker process died (killed, or out of memory); the next sync runs this shard again"
 
 _task: tuple | None = None  # (run, instance, resources), set before the fork: what the workers inherit
+FOLDER_PREFIX = "rag-sync-"  # + the parent's pid + "-": the temp folder of a sync's worker lock
+
+
+def remove_folders_of_dead_syncs(temp: Path | None = None) -> list[Path]:
+    """A sync killed with SIGKILL leaves its lock folder behind (no cleanup runs): each sync with workers
+    removes those of syncs whose process is gone, so they never pile up. Returns what it removed."""
+    removed = []
+    for folder in Path(temp or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _worker_started(threads: int, model_lock: str) -> None:
@@ -72,7 +97,8 @@ class ShardWorkers:
             global _task
             _task = (self.run, self.instance, self.resources)
             threads = max(1, usable_cores() // self.workers)
-            self.folder = tempfile.TemporaryDirectory(prefix="rag-sync-")
+            remove_folders_of_dead_syncs()
+            self.folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
                                             initargs=(threads, os.path.join(self.folder.name, "model.lock")))
             self.pool.submit(int).result()  # a fork pool forks all its workers now, at its first task
