@@ -50,7 +50,8 @@ FOLDER_PREFIX = "rag-sync-"  # + the parent's pid + "-": the temp folder of a sy
 
 def remove_folders_of_dead_syncs(temp: Path | None = None) -> list[Path]:
     """A sync killed with SIGKILL leaves its lock folder behind (no cleanup runs): each sync with workers
-    removes those of syncs whose process is gone, so they never pile up. Returns what it removed."""
+    removes those of syncs whose process is gone, so they never pile up. Returns what it removed. (A pid
+    is judged in this process's pid namespace: a temp dir shared by containers would need its own TMPDIR.)"""
     removed = []
     for folder in Path(temp or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
         pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
