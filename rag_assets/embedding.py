@@ -337,6 +337,11 @@ ONNX_MODULES = {"sentence_transformers.models.Transformer", "sentence_transforme
 ONNX_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}  # sentence-transformers' names
 ONNX_MIN_COSINE = 0.999  # an export whose vectors differ more from torch's float32 ones is refused
 ONNX_BATCH_TOKENS = 2048  # measured like CPU_BATCH_TOKENS: 2,048 beat 4,096 by ~8% and 8,192 by ~20%
+# The export's file in the model cache. v2: attention, layer norms and GELU fused into ONNX Runtime's own
+# kernels (~12% faster on the CPU, cosine to torch 0.9999998); caches of v1 (model.onnx) are exported again.
+ONNX_EXPORT_FILE = "model-v2.onnx"
+# Model types whose graph ONNX Runtime's transformer optimizer fuses (its BERT rules); others run unfused.
+ONNX_FUSED_TYPES = {"bert": "bert"}
 
 
 def _pooling_mode(info: ModelInfo) -> str:
@@ -358,6 +363,10 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
 
     reference = Embedder(str(info.path), "cpu")
     names = reference.input_names
+    transformer = reference.model[0].auto_model
+    fused_type = ONNX_FUSED_TYPES.get(transformer.config.model_type)
+    if fused_type:  # the optimizer recognizes attention as the eager code writes it (not torch's SDPA call)
+        transformer.set_attn_implementation("eager")
 
     class TokenEmbeddings(torch.nn.Module):  # named inputs in, last hidden state out
         def __init__(self, transformer):
@@ -374,10 +383,12 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
         with warnings.catch_warnings():  # the tracer's notes on Python control flow in the model code
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                TokenEmbeddings(reference.model[0].auto_model).eval(), example, str(partial), dynamo=False,
+                TokenEmbeddings(transformer).eval(), example, str(partial), dynamo=False,
                 opset_version=17, input_names=list(names), output_names=["token_embeddings"],
                 dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*names, "token_embeddings")},
             )
+        if fused_type:
+            _fuse(partial, fused_type, transformer.config)
         sample = [f"{i}: " + "ONNX export check, a sentence with words. " * (1 + i * 5) for i in range(12)]
         ours = OnnxEmbedder(info, None, onnx_file=partial).encode(sample)
         cosine = float((ours * reference.encode(sample)).sum(axis=1).min())
@@ -388,6 +399,18 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
         raise
     os.replace(partial, target)
     log.info("exported %s to %s (cosine to torch %.6f)", info.key, target, cosine)
+
+
+def _fuse(onnx_file: Path, model_type: str, config) -> None:
+    """Rewrite the export with ONNX Runtime's fused transformer operators (Attention, SkipLayerNormalization,
+    BiasGelu, EmbedLayerNormalization), in place. Graph rewrites only (opt_level 0): the hardware-specific
+    optimizations are left to the session that loads it, on the machine that runs it."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(onnx_file), model_type=model_type, num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, opt_level=0, use_gpu=False)
+    optimized.save_model_to_file(str(onnx_file))
+    log.info("fused %s", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
 
 
 class OnnxEmbedder(TextBatcher):
@@ -407,7 +430,7 @@ class OnnxEmbedder(TextBatcher):
         started = time.perf_counter()
         self.pooling = _pooling_mode(info)
         if onnx_file is None:
-            onnx_file = cache / f"{info.name.replace('/', '--')}@{info.revision}" / "model.onnx"
+            onnx_file = cache / f"{info.name.replace('/', '--')}@{info.revision}" / ONNX_EXPORT_FILE
             with FileLock(f"{onnx_file}.lock"):  # one export per model, whoever gets there first
                 if not onnx_file.exists():
                     export_onnx(info, onnx_file)

@@ -69,6 +69,8 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
     assert onnx.encode([]).shape == (0, 384)
     exported = list(tmp_path.rglob("*.onnx"))
     assert len(exported) == 1 and not list(tmp_path.rglob("*.partial"))
+    import onnx  # the export runs ONNX Runtime's fused kernels, not torch's attention spelled out op by op
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= {n.op_type for n in onnx.load(exported[0]).graph.node}
     stamp = exported[0].stat().st_mtime_ns
     again = OnnxEmbedder(resolve_model(default_model(), "onnx"), tmp_path)  # a later process: the export is reused
     assert exported[0].stat().st_mtime_ns == stamp and np.allclose(again.encode(sample[:5]), ours[:5], atol=1e-6)
