@@ -416,9 +416,10 @@ def _fuse(onnx_file: Path, model_type: str, config) -> None:
 class OnnxEmbedder(TextBatcher):
     """The same vectors (cosine > 0.999 to torch float32) from ONNX Runtime on the CPU.
 
-    The point is the start more than the throughput: loading takes ~0.4 s against ~4.5 s for importing
-    torch and sentence-transformers, which is what a small sync pays (benchmarks/RESULTS.md). The export is
-    made once per model into the model cache (RAG_MODEL_CACHE) and reused by every later process.
+    Loading takes ~0.4 s against ~4.5 s for importing torch and sentence-transformers, which is what a small
+    sync pays; with the export's fused kernels a call takes ~0.8x the time of `SentenceTransformer.encode`
+    (benchmarks/RESULTS.md). The export is made once per model into the model cache (RAG_MODEL_CACHE) and
+    reused by every later process.
     """
 
     def __init__(self, info: ModelInfo, cache: Path | None, batch_size: int = 64, batch_tokens: int | None = None,
