@@ -398,6 +398,10 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, target)
+    for stale in target.parent.glob("*.onnx"):  # an earlier export format's file (model.onnx) is never read again
+        if stale != target:
+            stale.unlink(missing_ok=True)
+            Path(f"{stale}.lock").unlink(missing_ok=True)
     log.info("exported %s to %s (cosine to torch %.6f)", info.key, target, cosine)
 
 

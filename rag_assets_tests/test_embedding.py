@@ -57,6 +57,9 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
     from rag_assets.embedding import OnnxEmbedder, resolve_model
 
     model = ModelResource(model=default_model(), backend="onnx", model_cache=str(tmp_path))
+    old_export = tmp_path / f"{cpu_embedder.info.name.replace('/', '--')}@{cpu_embedder.info.revision}" / "model.onnx"
+    old_export.parent.mkdir(parents=True)
+    old_export.write_bytes(b"an export of an earlier format")  # replaced, not kept beside the new one
     onnx = model.embedder()
     assert isinstance(onnx, OnnxEmbedder) and onnx.device == "cpu" and onnx.dim == 384
     assert model.info().key == cpu_embedder.info.key + "+onnx"  # never mixed with torch's vectors
