@@ -504,8 +504,11 @@ def run() -> None:
                 print(code, file=sys.stderr)
             code = 0 if code is None else 1
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # output that cannot be written (a closed pipe, a full disk): 120, as Python's own exit
+            code = code or 120
         os._exit(code)
 
 

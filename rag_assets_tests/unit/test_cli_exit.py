@@ -3,6 +3,7 @@ atexit handlers must be what a normal exit gives."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -23,9 +24,13 @@ cli.run()
 """
 
 
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as in a pipe
+
+
 def _run(tmp_path, *args):
     marker = tmp_path / "marker"
-    proc = subprocess.run([sys.executable, "-c", EPILOGUE, str(marker), *args], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", EPILOGUE, str(marker), *args], capture_output=True, text=True, timeout=120,
+                          env=BUFFERED)
     return proc, marker
 
 
@@ -47,3 +52,11 @@ def test_a_running_thread_gets_the_normal_exit_that_waits_for_it(tmp_path):
     proc, marker = _run(tmp_path, "thread")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "marker.thread").read_text() == "done" and marker.read_text() == "atexit ran"
+
+
+def test_output_that_cannot_be_written_exits_120_as_python_does(tmp_path):
+    with open("/dev/full", "w") as full:  # every write fails: no space left on device
+        proc = subprocess.run([sys.executable, "-c", EPILOGUE, str(tmp_path / "marker"), "boom"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=BUFFERED)
+    assert proc.returncode == 120 and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "marker").read_text() == "atexit ran"
