@@ -504,11 +504,13 @@ def run() -> None:
                 print(code, file=sys.stderr)
             code = 0 if code is None else 1
         atexit._run_exitfuncs()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # output that cannot be written (a closed pipe, a full disk): 120, as Python's own exit
-            code = code or 120
+        for stream in (sys.stdout, sys.stderr):
+            if stream is None or stream.closed:  # started with it closed (`>&-`): nothing to flush
+                continue
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # cannot be written (a closed pipe, a full disk): 120, as Python's own exit
+                code = code or 120
         os._exit(code)
 
 

@@ -340,6 +340,7 @@ ONNX_BATCH_TOKENS = 2048  # measured like CPU_BATCH_TOKENS: 2,048 beat 4,096 by 
 # The export's file in the model cache. v2: attention, layer norms and GELU fused into ONNX Runtime's own
 # kernels (~12% faster on the CPU, cosine to torch 0.9999998); caches of v1 (model.onnx) are exported again.
 ONNX_EXPORT_FILE = "model-v2.onnx"
+ONNX_OLD_EXPORT_FILE = "model.onnx"
 # Model types whose graph ONNX Runtime's transformer optimizer fuses (its BERT rules); others run unfused.
 ONNX_FUSED_TYPES = {"bert": "bert"}
 
@@ -364,9 +365,10 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
     reference = Embedder(str(info.path), "cpu")
     names = reference.input_names
     transformer = reference.model[0].auto_model
-    fused_type = ONNX_FUSED_TYPES.get(transformer.config.model_type)
+    # (set_attn_implementation: transformers' switch, absent from older releases, which export unfused)
+    fused_type = ONNX_FUSED_TYPES.get(transformer.config.model_type) if hasattr(transformer, "set_attn_implementation") else None
     if fused_type:  # the optimizer recognizes attention as the eager code writes it (not torch's SDPA call)
-        transformer.set_attn_implementation("eager")
+        transformer.set_attn_implementation("eager")  # on this export's own model, loaded above
 
     class TokenEmbeddings(torch.nn.Module):  # named inputs in, last hidden state out
         def __init__(self, transformer):
@@ -388,7 +390,10 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
                 dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*names, "token_embeddings")},
             )
         if fused_type:
-            _fuse(partial, fused_type, transformer.config)
+            try:
+                _fuse(partial, fused_type, transformer.config)
+            except Exception as exc:  # a variant the optimizer's rules do not fit: the op-by-op graph still runs
+                log.warning("kept the unfused ONNX export of %s: the transformer optimizer failed (%s)", info.key, exc)
         sample = [f"{i}: " + "ONNX export check, a sentence with words. " * (1 + i * 5) for i in range(12)]
         ours = OnnxEmbedder(info, None, onnx_file=partial).encode(sample)
         cosine = float((ours * reference.encode(sample)).sum(axis=1).min())
@@ -398,11 +403,20 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, target)
-    for stale in target.parent.glob("*.onnx"):  # an earlier export format's file (model.onnx) is never read again
-        if stale != target:
-            stale.unlink(missing_ok=True)
-            Path(f"{stale}.lock").unlink(missing_ok=True)
+    _remove_old_export(target.parent / ONNX_OLD_EXPORT_FILE)
     log.info("exported %s to %s (cosine to torch %.6f)", info.key, target, cosine)
+
+
+def _remove_old_export(old: Path) -> None:
+    """The export of the earlier format is never read again: removed, unless a process of the earlier
+    code holds its lock (exporting it now); its lock file stays, as a lock file must."""
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{old}.lock", timeout=0):
+            old.unlink(missing_ok=True)
+    except Timeout:
+        log.info("left %s: a process is exporting it", old)
 
 
 def _fuse(onnx_file: Path, model_type: str, config) -> None:

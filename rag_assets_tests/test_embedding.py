@@ -90,6 +90,23 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
         resolve_model(default_model(), "tensorflow")
 
 
+def test_onnx_export_keeps_the_unfused_graph_when_the_optimizer_fails(tmp_path, monkeypatch, caplog):
+    import onnx
+
+    from rag_assets import embedding
+
+    def fails(*args):
+        raise ValueError("no rule fits this graph")
+
+    monkeypatch.setattr(embedding, "_fuse", fails)
+    info = embedding.resolve_model(default_model(), "onnx")
+    onnx_model = embedding.OnnxEmbedder(info, tmp_path)  # exported, checked against torch, loaded
+    assert onnx_model.encode(texts(3)).shape == (3, 384)
+    (exported,) = tmp_path.rglob("*.onnx")
+    assert "Attention" not in {n.op_type for n in onnx.load(exported).graph.node}
+    assert "kept the unfused ONNX export" in caplog.text and "no rule fits this graph" in caplog.text
+
+
 def test_onnx_backend_loads_without_torch(tmp_path):
     from rag_assets.embedding import OnnxEmbedder, resolve_model
 

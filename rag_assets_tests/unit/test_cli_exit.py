@@ -60,3 +60,12 @@ def test_output_that_cannot_be_written_exits_120_as_python_does(tmp_path):
                               stderr=subprocess.PIPE, text=True, timeout=120, env=BUFFERED)
     assert proc.returncode == 120 and "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "marker").read_text() == "atexit ran"
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-"])
+def test_a_command_started_with_stdout_or_stderr_closed_exits_cleanly(tmp_path, closed):
+    marker = tmp_path / "marker"  # Python starts with sys.stdout (or sys.stderr) None: nothing to flush
+    proc = subprocess.run(["sh", "-c", f'exec "$0" -c "$1" "$2" boom {closed}', sys.executable, EPILOGUE, str(marker)],
+                          capture_output=True, text=True, timeout=120, env=BUFFERED)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert marker.read_text() == "atexit ran"
