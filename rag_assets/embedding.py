@@ -338,11 +338,16 @@ ONNX_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "c
 ONNX_MIN_COSINE = 0.999  # an export whose vectors differ more from torch's float32 ones is refused
 ONNX_BATCH_TOKENS = 2048  # measured like CPU_BATCH_TOKENS: 2,048 beat 4,096 by ~8% and 8,192 by ~20%
 # The export's file in the model cache. v2: attention, layer norms and GELU fused into ONNX Runtime's own
-# kernels (~12% faster on the CPU, cosine to torch 0.9999998); caches of v1 (model.onnx) are exported again.
+# kernels (~12% faster on the CPU, cosine to torch 0.9999998); a v1 file (model.onnx) is removed once v2 is written.
 ONNX_EXPORT_FILE = "model-v2.onnx"
 ONNX_OLD_EXPORT_FILE = "model.onnx"
 # Model types whose graph ONNX Runtime's transformer optimizer fuses (its BERT rules); others run unfused.
-ONNX_FUSED_TYPES = {"bert": "bert"}
+ONNX_FUSED_TYPES = {"bert"}
+
+
+def onnx_export_path(info: ModelInfo, cache: Path) -> Path:
+    """Where the model cache keeps this model's ONNX export."""
+    return cache / f"{info.name.replace('/', '--')}@{info.revision}" / ONNX_EXPORT_FILE
 
 
 def _pooling_mode(info: ModelInfo) -> str:
@@ -366,8 +371,8 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
     names = reference.input_names
     transformer = reference.model[0].auto_model
     # (set_attn_implementation: transformers' switch, absent from older releases, which export unfused)
-    fused_type = ONNX_FUSED_TYPES.get(transformer.config.model_type) if hasattr(transformer, "set_attn_implementation") else None
-    if fused_type:  # the optimizer recognizes attention as the eager code writes it (not torch's SDPA call)
+    fused = transformer.config.model_type in ONNX_FUSED_TYPES and hasattr(transformer, "set_attn_implementation")
+    if fused:  # the optimizer recognizes attention as the eager code writes it (not torch's SDPA call)
         transformer.set_attn_implementation("eager")  # on this export's own model, loaded above
 
     class TokenEmbeddings(torch.nn.Module):  # named inputs in, last hidden state out
@@ -389,9 +394,9 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
                 opset_version=17, input_names=list(names), output_names=["token_embeddings"],
                 dynamic_axes={name: {0: "batch", 1: "tokens"} for name in (*names, "token_embeddings")},
             )
-        if fused_type:
+        if fused:
             try:
-                _fuse(partial, fused_type, transformer.config)
+                _fuse(partial, transformer.config)
             except Exception as exc:  # a variant the optimizer's rules do not fit: the op-by-op graph still runs
                 log.warning("kept the unfused ONNX export of %s: the transformer optimizer failed (%s)", info.key, exc)
         sample = [f"{i}: " + "ONNX export check, a sentence with words. " * (1 + i * 5) for i in range(12)]
@@ -419,15 +424,21 @@ def _remove_old_export(old: Path) -> None:
         log.info("left %s: a process is exporting it", old)
 
 
-def _fuse(onnx_file: Path, model_type: str, config) -> None:
+def _fuse(onnx_file: Path, config) -> None:
     """Rewrite the export with ONNX Runtime's fused transformer operators (Attention, SkipLayerNormalization,
-    BiasGelu, EmbedLayerNormalization), in place. Graph rewrites only (opt_level 0): the hardware-specific
-    optimizations are left to the session that loads it, on the machine that runs it."""
+    BiasGelu, EmbedLayerNormalization), replacing the file only once the rewrite is written whole. Graph
+    rewrites only (opt_level 0): the hardware-specific optimizations are left to the session that loads it,
+    on the machine that runs it."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(onnx_file), model_type=model_type, num_heads=config.num_attention_heads,
+    optimized = optimize_model(str(onnx_file), model_type=config.model_type, num_heads=config.num_attention_heads,
                                hidden_size=config.hidden_size, opt_level=0, use_gpu=False)
-    optimized.save_model_to_file(str(onnx_file))
+    fused = onnx_file.with_suffix(".fused")
+    try:
+        optimized.save_model_to_file(str(fused))
+        os.replace(fused, onnx_file)
+    finally:
+        fused.unlink(missing_ok=True)
     log.info("fused %s", {k: v for k, v in optimized.get_fused_operator_statistics().items() if v})
 
 
@@ -449,7 +460,7 @@ class OnnxEmbedder(TextBatcher):
         started = time.perf_counter()
         self.pooling = _pooling_mode(info)
         if onnx_file is None:
-            onnx_file = cache / f"{info.name.replace('/', '--')}@{info.revision}" / ONNX_EXPORT_FILE
+            onnx_file = onnx_export_path(info, cache)
             with FileLock(f"{onnx_file}.lock"):  # one export per model, whoever gets there first
                 if not onnx_file.exists():
                     export_onnx(info, onnx_file)

@@ -54,10 +54,10 @@ def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
 
 def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_once(cpu_embedder, tmp_path):
     from rag_assets.defs.resources import ModelResource
-    from rag_assets.embedding import OnnxEmbedder, resolve_model
+    from rag_assets.embedding import ONNX_OLD_EXPORT_FILE, OnnxEmbedder, onnx_export_path, resolve_model
 
     model = ModelResource(model=default_model(), backend="onnx", model_cache=str(tmp_path))
-    old_export = tmp_path / f"{cpu_embedder.info.name.replace('/', '--')}@{cpu_embedder.info.revision}" / "model.onnx"
+    old_export = onnx_export_path(resolve_model(default_model(), "onnx"), tmp_path).with_name(ONNX_OLD_EXPORT_FILE)
     old_export.parent.mkdir(parents=True)
     old_export.write_bytes(b"an export of an earlier format")  # replaced, not kept beside the new one
     onnx = model.embedder()
@@ -71,7 +71,7 @@ def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_
     assert (ours * cpu_embedder.encode(sample)).sum(axis=1).min() >= 0.999  # in input order
     assert onnx.encode([]).shape == (0, 384)
     exported = list(tmp_path.rglob("*.onnx"))
-    assert len(exported) == 1 and not list(tmp_path.rglob("*.partial"))
+    assert len(exported) == 1 and not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("*.fused"))
     import onnx  # the export runs ONNX Runtime's fused kernels, not torch's attention spelled out op by op
     assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= {n.op_type for n in onnx.load(exported[0]).graph.node}
     stamp = exported[0].stat().st_mtime_ns
