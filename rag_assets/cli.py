@@ -489,20 +489,20 @@ def run() -> None:
 
     Python's teardown frees, one by one, every object of the thousands of modules a command imported
     (dagster, pyiceberg, sqlalchemy): ~0.65 s of a 6.5 s sync here, measured (benchmarks/RESULTS.md). By the
-    time `main` returns, every write is committed and every file closed; the atexit handlers (logging's
-    flush, temp folders) still run. Only a process with no other thread left exits early: a thread still
-    running gets the normal exit, which waits for it.
+    time `main` returns, every write is committed and every file closed. The exit does what Python's own
+    exit does before its teardown, in its order: wait for every thread that is not a daemon (the idle
+    threads of thread pools, which pyiceberg and the chunker keep, are told to stop first), run the
+    atexit handlers (logging's flush, temp folders), flush stdout and stderr; then it ends the process.
     """
     try:
         main()
     except SystemExit as exc:
         code = exc.code
-        if threading.active_count() > 1:
-            raise
         if not isinstance(code, int):  # what Python does with sys.exit(None) or sys.exit("message")
             if code is not None:
                 print(code, file=sys.stderr)
             code = 0 if code is None else 1
+        threading._shutdown()  # the interpreter's own first exit step (Py_FinalizeEx): joins non-daemon threads
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is None or stream.closed:  # started with it closed (`>&-`): nothing to flush

@@ -10,17 +10,25 @@ import sys
 import pytest
 
 EPILOGUE = """
-import atexit, sys, threading, time
+import atexit, concurrent.futures, sys, threading, time
 from rag_assets import cli
 marker = sys.argv[1]
 atexit.register(lambda: open(marker, "w").write("atexit ran"))
-if sys.argv[2] == "thread":  # a thread still running: the normal exit, which waits for it
+class Teardown:  # what the interpreter's teardown runs, when it frees this module's objects
+    def __del__(self, open=open, path=marker + ".teardown"):  # builtins may be gone by then
+        open(path, "w").write("teardown ran")
+teardown = Teardown()
+if sys.argv[2] == "thread":  # a thread still running: the exit waits for it, as Python's does
     threading.Thread(target=lambda: (time.sleep(0.5), open(marker + ".thread", "w").write("done"))).start()
+if sys.argv[2] == "pool":  # a thread pool left open (pyiceberg's, the chunker's): its idle threads stop
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    pool.submit(lambda: (time.sleep(0.3), open(marker + ".pool", "w").write("done")))
 message = sys.argv[3] if len(sys.argv) > 3 else None
+mode = sys.argv[2]
 cli.main.command("boom")(lambda: sys.exit(message))
-sys.argv = ["rag-assets", "boom"] if sys.argv[2] in ("boom", "thread") else ["rag-assets", sys.argv[2]]
+sys.argv = ["rag-assets", "boom"] if mode in ("boom", "thread", "pool", "normal") else ["rag-assets", mode]
 print("buffered output", end="")  # unflushed when the command ends
-cli.run()
+cli.main() if mode == "normal" else cli.run()
 """
 
 
@@ -48,10 +56,19 @@ def test_exit_code_output_and_atexit_handlers_are_kept(tmp_path, args, code, std
     assert marker.read_text() == "atexit ran"
 
 
-def test_a_running_thread_gets_the_normal_exit_that_waits_for_it(tmp_path):
-    proc, marker = _run(tmp_path, "thread")
+@pytest.mark.parametrize("threads", ["thread", "pool"])
+def test_threads_are_waited_for_and_the_teardown_is_skipped(tmp_path, threads):
+    proc, marker = _run(tmp_path, threads)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "marker.thread").read_text() == "done" and marker.read_text() == "atexit ran"
+    assert (tmp_path / f"marker.{threads}").read_text() == "done" and marker.read_text() == "atexit ran"
+    assert not (tmp_path / "marker.teardown").exists()  # the quick exit, although threads were alive
+
+
+def test_the_teardown_marker_is_written_by_a_normal_exit(tmp_path):
+    """The check above can fail: Python's own exit (click's `main`) runs the teardown that writes it."""
+    proc, marker = _run(tmp_path, "normal")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "marker.teardown").read_text() == "teardown ran"
 
 
 def test_output_that_cannot_be_written_exits_120_as_python_does(tmp_path):
