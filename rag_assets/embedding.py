@@ -167,10 +167,12 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-# Padded tokens per batch on the CPU. Measured on 2 cores (300 PostgreSQL-doc chunks of <=200 tokens, 7
-# interleaved rounds): 2,048-4,096 tokens per batch encode ~15% faster than SentenceTransformer.encode at
-# its best batch size (16), 8,192 ~3% slower: small batches stay in the CPU's caches.
-CPU_BATCH_TOKENS = 4096
+# Padded tokens per batch on the CPU, both backends: small batches stay in the CPU's caches. Measured on
+# 2-vCPU VMs (PostgreSQL-doc chunks of <=200 tokens, interleaved rounds): torch at 2,048 and 4,096 ~15%
+# faster than SentenceTransformer.encode at its best batch size, 8,192 ~3% slower; on an AVX-512 VM torch
+# at 2,048 was 4% faster than at 4,096 (11.7 s against 12.2 s for 1,000 chunks). ONNX Runtime: 2,048 beat
+# 4,096 by ~8% and 8,192 by ~20%; 768-2,048 were within 3% of each other on two VMs.
+CPU_BATCH_TOKENS = 2048
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
@@ -336,7 +338,6 @@ ONNX_MODULES = {"sentence_transformers.models.Transformer", "sentence_transforme
                 "sentence_transformers.models.Normalize"}
 ONNX_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}  # sentence-transformers' names
 ONNX_MIN_COSINE = 0.999  # an export whose vectors differ more from torch's float32 ones is refused
-ONNX_BATCH_TOKENS = 2048  # measured like CPU_BATCH_TOKENS: 2,048 beat 4,096 by ~8% and 8,192 by ~20%
 # The export's file in the model cache. v2: attention, layer norms and GELU fused into ONNX Runtime's own
 # kernels (~12% faster on the CPU, cosine to torch 0.9999998); a v1 file (model.onnx) is removed once v2 is written.
 ONNX_EXPORT_FILE = "model-v2.onnx"
@@ -471,7 +472,7 @@ class OnnxEmbedder(TextBatcher):
             self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # e.g. a cache file damaged after its atomic write
             raise RuntimeError(f"cannot load the ONNX export {onnx_file} ({exc}); delete it and it is exported again") from exc
-        super().__init__(info, batch_size, batch_tokens or ONNX_BATCH_TOKENS, tuple(i.name for i in self.session.get_inputs()))
+        super().__init__(info, batch_size, batch_tokens or CPU_BATCH_TOKENS, tuple(i.name for i in self.session.get_inputs()))
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         log.info("loaded %s (ONNX Runtime) in %.1fs", info.key, time.perf_counter() - started)
 
