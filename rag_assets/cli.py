@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 import click
@@ -497,12 +498,19 @@ def run() -> None:
     try:
         main()
     except SystemExit as exc:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may end the process
+            raise
         code = exc.code
         if not isinstance(code, int):  # what Python does with sys.exit(None) or sys.exit("message")
             if code is not None:
                 print(code, file=sys.stderr)
             code = 0 if code is None else 1
-        threading._shutdown()  # the interpreter's own first exit step (Py_FinalizeEx): joins non-daemon threads
+        try:
+            # The interpreter's own first exit step (Py_FinalizeEx; private, but in every CPython 3.x).
+            threading._shutdown()
+        except BaseException:  # noqa: BLE001 - e.g. Ctrl-C while waiting: reported and ignored, as Python's exit does
+            print("Exception ignored while waiting for threads at exit:", file=sys.stderr)
+            traceback.print_exc()
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is None or stream.closed:  # started with it closed (`>&-`): nothing to flush

@@ -171,7 +171,8 @@ def release_freed_memory() -> None:
 # 2-vCPU VMs (PostgreSQL-doc chunks of <=200 tokens, interleaved rounds): torch at 2,048 and 4,096 ~15%
 # faster than SentenceTransformer.encode at its best batch size, 8,192 ~3% slower; on an AVX-512 VM torch
 # at 2,048 was 4% faster than at 4,096 (11.7 s against 12.2 s for 1,000 chunks). ONNX Runtime: 2,048 beat
-# 4,096 by ~8% and 8,192 by ~20%; 768-2,048 were within 3% of each other on two VMs.
+# 4,096 by ~8% and 8,192 by ~20%; 768-2,048 were within 3% on one VM, and on the AVX-512 one 768-1,024
+# were ~3-4% faster than 2,048.
 CPU_BATCH_TOKENS = 2048
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding

@@ -86,3 +86,27 @@ def test_a_command_started_with_stdout_or_stderr_closed_exits_cleanly(tmp_path, 
                           capture_output=True, text=True, timeout=120, env=BUFFERED)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert marker.read_text() == "atexit ran"
+
+
+def test_an_interrupt_while_waiting_for_threads_is_reported_and_the_exit_goes_on(tmp_path):
+    """Ctrl-C while the exit waits for a thread: Python's own exit reports it and still runs the atexit
+    handlers with the command's exit code; so does `run` (the wait is made to raise, as a Ctrl-C would)."""
+    marker = tmp_path / "marker"
+    script = EPILOGUE.replace("cli.main() if mode", "threading._shutdown = lambda: (_ for _ in ()).throw(KeyboardInterrupt())\ncli.main() if mode")
+    proc = subprocess.run([sys.executable, "-c", script, str(marker), "boom"], capture_output=True, text=True, timeout=120,
+                          env=BUFFERED)
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception ignored while waiting for threads at exit" in proc.stderr and "KeyboardInterrupt" in proc.stderr
+    assert marker.read_text() == "atexit ran" and proc.stdout.startswith("buffered output")
+
+
+def test_run_called_from_another_thread_leaves_the_exit_to_the_main_thread(tmp_path):
+    """Waiting for every thread from a thread the main thread is joining would never end: `run` re-raises."""
+    marker = tmp_path / "marker"
+    script = EPILOGUE.replace("cli.main() if mode == \"normal\" else cli.run()",
+                              "worker = threading.Thread(target=cli.run); worker.start(); worker.join()\n"
+                              "open(marker + '.joined', 'w').write('joined')")
+    proc = subprocess.run([sys.executable, "-c", script, str(marker), "boom"], capture_output=True, text=True, timeout=60,
+                          env=BUFFERED)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "marker.joined").read_text() == "joined" and marker.read_text() == "atexit ran"
