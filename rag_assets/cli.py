@@ -498,16 +498,16 @@ def run() -> None:
     try:
         main()
     except SystemExit as exc:
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may end the process
-            raise
+        wait_for_threads = getattr(threading, "_shutdown", None)  # the interpreter's own first exit step (Py_FinalizeEx)
+        if wait_for_threads is None or threading.current_thread() is not threading.main_thread():
+            raise  # the normal exit: only the main thread may end the process, and only as Python's exit would
         code = exc.code
         if not isinstance(code, int):  # what Python does with sys.exit(None) or sys.exit("message")
             if code is not None:
                 print(code, file=sys.stderr)
             code = 0 if code is None else 1
         try:
-            # The interpreter's own first exit step (Py_FinalizeEx; private, but in every CPython 3.x).
-            threading._shutdown()
+            wait_for_threads()
         except BaseException:  # noqa: BLE001 - e.g. Ctrl-C while waiting: reported and ignored, as Python's exit does
             print("Exception ignored while waiting for threads at exit:", file=sys.stderr)
             traceback.print_exc()

@@ -92,7 +92,7 @@ def test_an_interrupt_while_waiting_for_threads_is_reported_and_the_exit_goes_on
     """Ctrl-C while the exit waits for a thread: Python's own exit reports it and still runs the atexit
     handlers with the command's exit code; so does `run` (the wait is made to raise, as a Ctrl-C would)."""
     marker = tmp_path / "marker"
-    script = EPILOGUE.replace("cli.main() if mode", "threading._shutdown = lambda: (_ for _ in ()).throw(KeyboardInterrupt())\ncli.main() if mode")
+    script = EPILOGUE.replace("cli.main() if mode", "def interrupted(): raise KeyboardInterrupt\nthreading._shutdown = interrupted\ncli.main() if mode")
     proc = subprocess.run([sys.executable, "-c", script, str(marker), "boom"], capture_output=True, text=True, timeout=120,
                           env=BUFFERED)
     assert proc.returncode == 0, proc.stderr
