@@ -167,12 +167,9 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-# Padded tokens per batch on the CPU, both backends: small batches stay in the CPU's caches. Measured on
-# 2-vCPU VMs (PostgreSQL-doc chunks of <=200 tokens, interleaved rounds): torch at 2,048 and 4,096 ~15%
-# faster than SentenceTransformer.encode at its best batch size, 8,192 ~3% slower; on an AVX-512 VM torch
-# at 2,048 was 4% faster than at 4,096 (11.7 s against 12.2 s for 1,000 chunks). ONNX Runtime: 2,048 beat
-# 4,096 by ~8% and 8,192 by ~20%; 768-2,048 were within 3% on one VM, and on the AVX-512 one 768-1,024
-# were ~3-4% faster than 2,048.
+# Padded tokens per batch on the CPU, both backends: small batches stay in the CPU's caches. On 2-vCPU VMs
+# 2,048 was the fastest or within 4% of it for torch and ONNX Runtime; 4,096 was up to 8% slower and 8,192
+# up to 20% (benchmarks/RESULTS.md, "The issue's 200-page corpus on an AVX-512 VM" and earlier sections).
 CPU_BATCH_TOKENS = 2048
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
@@ -340,7 +337,7 @@ ONNX_MODULES = {"sentence_transformers.models.Transformer", "sentence_transforme
 ONNX_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}  # sentence-transformers' names
 ONNX_MIN_COSINE = 0.999  # an export whose vectors differ more from torch's float32 ones is refused
 # The export's file in the model cache. v2: attention, layer norms and GELU fused into ONNX Runtime's own
-# kernels (~12% faster on the CPU, cosine to torch 0.9999998); a v1 file (model.onnx) is removed once v2 is written.
+# kernels (12% faster on one 2-vCPU VM, cosine to torch 0.9999998); a v1 file (model.onnx) is removed once v2 is written.
 ONNX_EXPORT_FILE = "model-v2.onnx"
 ONNX_OLD_EXPORT_FILE = "model.onnx"
 # Model types whose graph ONNX Runtime's transformer optimizer fuses (its BERT rules); others run unfused.
