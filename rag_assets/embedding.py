@@ -167,10 +167,12 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-# Padded tokens per batch on the CPU, both backends: small batches stay in the CPU's caches. On 2-vCPU VMs
-# 2,048 was the fastest or within 4% of it for torch and ONNX Runtime; 4,096 was up to 8% slower and 8,192
-# up to 20% (benchmarks/RESULTS.md, "The 200-page corpus on an AVX-512 VM" and earlier sections).
+# Padded tokens per batch on the CPU: small batches stay in the CPU's caches. On 2-vCPU VMs 2,048 was the
+# fastest or within 4% of it for torch; 4,096 was up to 8% slower and 8,192 up to 20%. ONNX Runtime ran
+# 3-6% faster at 512-1,024 than at 2,048 on the two AVX-512 VMs measured, and 3.5% slower on the one
+# before them (benchmarks/RESULTS.md, "One tokenizer pass for the splitter" and earlier sections).
 CPU_BATCH_TOKENS = 2048
+ONNX_BATCH_TOKENS = 1024
 TRIM_EVERY_SECONDS = 5.0  # CPU: release_freed_memory at most this often while encoding (~1 batch per second here)
 TOKENIZER_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # model input -> tokenizers.Encoding
 
@@ -470,7 +472,7 @@ class OnnxEmbedder(TextBatcher):
             self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # e.g. a cache file damaged after its atomic write
             raise RuntimeError(f"cannot load the ONNX export {onnx_file} ({exc}); delete it and it is exported again") from exc
-        super().__init__(info, batch_size, batch_tokens or CPU_BATCH_TOKENS, tuple(i.name for i in self.session.get_inputs()))
+        super().__init__(info, batch_size, batch_tokens or ONNX_BATCH_TOKENS, tuple(i.name for i in self.session.get_inputs()))
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         log.info("loaded %s (ONNX Runtime) in %.1fs", info.key, time.perf_counter() - started)
 
