@@ -152,7 +152,7 @@ class Settings:
     embed_backend: str  # torch, or onnx (ONNX Runtime on the CPU: starts in ~0.6 s instead of ~10 s)
     model_cache: Path  # where the onnx backend keeps its exports of the model
     embed_batch_size: int
-    embed_batch_tokens: int  # 0: by device (up to 256k padded tokens per batch on CUDA, 2,048 on CPU)
+    embed_batch_tokens: int  # 0: by device (up to 256k padded tokens per batch on CUDA; on the CPU 2,048 with torch, 1,024 with onnx)
     chunk_tokens: int
     chunk_overlap: int
     sensor_interval_seconds: int  # how often the daemon lists the source
