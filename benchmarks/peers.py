@@ -47,6 +47,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from bench_env import write_instance_config
+
 DOCS = Path("/usr/share/doc/postgresql-doc-15/html")
 SYSTEMS = ("rag_assets", "rag_assets_onnx", "rag_assets_onnx_1w", "llamaindex", "langchain")
 NAMES = {"rag_assets": "rag_assets", "rag_assets_onnx": "rag_assets onnx", "rag_assets_onnx_1w": "onnx, 1 worker",
@@ -240,8 +242,7 @@ def run_json(cmd: list[str], env: dict) -> tuple[float, dict]:
 def rag_env(state: Path, src: Path, backend: str = "torch") -> dict:
     """rag_assets' settings for this state folder (as benchmarks/bench_env.py makes them); the model
     cache (ONNX exports) is shared by every state folder."""
-    (state / "dagster").mkdir(parents=True, exist_ok=True)
-    (state / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    write_instance_config(state / "dagster")
     return {**os.environ, "RAG_HOME": str(state / "rag"), "RAG_SOURCE": str(src), "DAGSTER_HOME": str(state / "dagster"),
             "RAG_EMBED_DEVICE": "cpu", "RAG_EMBED_BATCH_SIZE": str(BATCH_SIZE), "RAG_EMBED_BACKEND": backend,
             "RAG_MODEL_CACHE": str(state.parent.parent / "models"),

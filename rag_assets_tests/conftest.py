@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from rag_assets_tests.emulators import AZURITE, Emulator, azure_filesystem, gcs_filesystem, start_azurite, start_gcs, start_moto
 
@@ -109,7 +110,10 @@ def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
     env = RagEnv(tmp / "rag", tmp / "source", tmp / "dagster")
     env.source.mkdir(parents=True)
     env.dagster_home.mkdir(parents=True)
-    (env.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # The shipped instance's telemetry and storage (Dagster's SQLite files on kept connections); the tests
+    # of the launcher, daemon and UI copy the whole shipped dagster.yaml themselves.
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    (env.dagster_home / "dagster.yaml").write_text(yaml.safe_dump({k: shipped[k] for k in ("telemetry", "storage")}))
     for key in [k for k in os.environ if k.startswith("RAG_")]:
         mp.delenv(key)
     mp.setenv("RAG_HOME", str(env.home))
