@@ -237,10 +237,6 @@ class Embedder(TextBatcher):
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 64, batch_tokens: int | None = None):
         import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no weight-loading bar in run logs and CLI output
 
         info = resolve_model(model)
         self.device = pick_device(device)
@@ -248,27 +244,40 @@ class Embedder(TextBatcher):
             torch.set_num_threads(_cpu_threads)
         self.cuda = self.device.startswith("cuda")
         started = time.perf_counter()
-        self.model = SentenceTransformer(str(info.path), device=self.device, local_files_only=True)
-        self.model.max_seq_length = info.max_seq_length
+        pooling = plain_pooling(info)
+        if pooling:  # what sentence-transformers would run, on transformers alone
+            self.model = PooledTransformer(info, pooling)
+            self.transformer = self.model.transformer
+            input_names = self.model.input_names
+        else:  # other modules (a Dense layer, ...): sentence-transformers runs them
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # no weight-loading bar in run logs and CLI output
+            self.model = SentenceTransformer(str(info.path), device=self.device, local_files_only=True)
+            self.model.max_seq_length = info.max_seq_length
+            self.transformer = self.model[0].auto_model
+            input_names = tuple(self.model.tokenizer.model_input_names)
+        self.model.to(self.device)
         if self.cuda:
             self.model.half()
         self.model.eval()
         # A GPU wants big batches, as big as its free memory allows; a CPU wants cache-sized ones.
-        budget = batch_tokens or (self._cuda_budget() if self.cuda else CPU_BATCH_TOKENS)
-        super().__init__(info, batch_size, budget, tuple(self.model.tokenizer.model_input_names))
+        budget = batch_tokens or (self._cuda_budget(info.max_seq_length) if self.cuda else CPU_BATCH_TOKENS)
+        super().__init__(info, batch_size, budget, input_names)
         self.dim = int(self.model.get_embedding_dimension())
         self.dtype = torch.float16 if self.cuda else torch.float32
         log.info("loaded %s on %s in %.1fs", self.info.key, self.device, time.perf_counter() - started)
 
-    def _cuda_budget(self) -> int:
+    def _cuda_budget(self, max_seq_length: int) -> int:
         """Padded tokens per batch that fit in half the free GPU memory (capped at 256k)."""
         import torch
 
-        config = self.model[0].auto_model.config
+        config = self.transformer.config
         hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
         # float16 activations alive at once per token: hidden states and the 4x feed-forward
         # intermediate (~24 x hidden bytes), plus one row of attention scores per head.
-        per_token = 24 * hidden + 2 * heads * self.model.max_seq_length
+        per_token = 24 * hidden + 2 * heads * max_seq_length
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
         return max(4096, min(256 * 1024, int(free * 0.5 / per_token)))
 
@@ -351,16 +360,63 @@ def onnx_export_path(info: ModelInfo, cache: Path) -> Path:
     return cache / f"{info.name.replace('/', '--')}@{info.revision}" / ONNX_EXPORT_FILE
 
 
-def _pooling_mode(info: ModelInfo) -> str:
-    modules = json.loads((info.path / "modules.json").read_text())
-    if other := {m["type"] for m in modules} - ONNX_MODULES:
-        raise ValueError(f"RAG_EMBED_BACKEND=onnx runs Transformer + Pooling models; {info.name} also has {sorted(other)}: use torch")
-    pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+def plain_pooling(info: ModelInfo) -> str | None:
+    """"mean" or "cls" for a sentence-transformers model that is only Transformer + Pooling (+ Normalize)
+    with one of those pooling modes; None for any other (a Dense layer, max pooling, ...)."""
+    modules = json.loads((info.path / "modules.json").read_text()) if (info.path / "modules.json").exists() else []
+    if not modules or {m["type"] for m in modules} - ONNX_MODULES:
+        return None
+    pooling = next((m for m in modules if m["type"].endswith("Pooling")), None)
+    if pooling is None:
+        return None
     config = json.loads((info.path / pooling["path"] / "config.json").read_text())
     enabled = [k for k, v in config.items() if k.startswith("pooling_mode_") and v is True]
-    if len(enabled) != 1 or enabled[0] not in ONNX_POOLING:
-        raise ValueError(f"RAG_EMBED_BACKEND=onnx supports mean or CLS pooling; {info.name} pools with {enabled}: use torch")
-    return ONNX_POOLING[enabled[0]]
+    return ONNX_POOLING[enabled[0]] if len(enabled) == 1 and enabled[0] in ONNX_POOLING else None
+
+
+def _pooling_mode(info: ModelInfo) -> str:
+    if pooling := plain_pooling(info):
+        return pooling
+    raise ValueError(f"RAG_EMBED_BACKEND=onnx runs Transformer + mean or CLS Pooling models; {info.name} is another kind: use torch")
+
+
+class PooledTransformer:
+    """A Transformer + Pooling (+ Normalize) sentence-transformers model run by transformers alone: the
+    same weights, the same forward and the same pooling, without importing sentence-transformers, which
+    costs every process that embeds 4-5 s more than transformers (scikit-learn, scipy and its training
+    stack come with it: benchmarks/RESULTS.md). The caller normalizes, as it does for both."""
+
+    def __init__(self, info: ModelInfo, pooling: str):
+        import inspect
+
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.transformer = AutoModel.from_pretrained(str(info.path), local_files_only=True, dtype=torch.float32)
+        self.pooling = pooling
+        accepted = inspect.signature(self.transformer.forward).parameters
+        self.input_names = tuple(name for name in TOKENIZER_FIELDS if name in accepted)  # as its tokenizer gives them
+
+    def to(self, device: str) -> None:
+        self.transformer.to(device)
+
+    def half(self) -> None:
+        self.transformer.half()
+
+    def eval(self) -> None:
+        self.transformer.eval()
+
+    def get_embedding_dimension(self) -> int:
+        return int(self.transformer.config.hidden_size)
+
+    def __call__(self, features: dict) -> dict:
+        tokens = self.transformer(**features, return_dict=False)[0]
+        if self.pooling == "cls":
+            return {"sentence_embedding": tokens[:, 0]}
+        mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)  # sentence-transformers' mean pooling
+        return {"sentence_embedding": (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)}
 
 
 def export_onnx(info: ModelInfo, target: Path) -> None:
@@ -370,7 +426,7 @@ def export_onnx(info: ModelInfo, target: Path) -> None:
 
     reference = Embedder(str(info.path), "cpu")
     names = reference.input_names
-    transformer = reference.model[0].auto_model
+    transformer = reference.transformer
     # (set_attn_implementation: transformers' switch, absent from older releases, which export unfused)
     fused = transformer.config.model_type in ONNX_FUSED_TYPES and hasattr(transformer, "set_attn_implementation")
     if fused:  # the optimizer recognizes attention as the eager code writes it (not torch's SDPA call)

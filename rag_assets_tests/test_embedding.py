@@ -33,23 +33,42 @@ def test_batches_are_length_sorted_within_the_token_budget_and_cover_every_text_
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first: little padding
-    assert max(lengths) <= cpu_embedder.model.max_seq_length  # truncated to what the model reads
+    assert max(lengths) <= cpu_embedder.info.max_seq_length  # truncated to what the model reads
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= cpu_embedder.batch_tokens
         assert len(b) <= cpu_embedder.batch_size
     assert max(map(len, batches)) > len(batches[0])  # short texts go in bigger batches
 
 
-def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder):
-    sample = texts(120)
+@pytest.fixture(scope="module")
+def sentence_transformer():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(default_model(), device="cpu")
+
+
+def test_encode_matches_sentence_transformers_in_input_order(cpu_embedder, sentence_transformer):
+    sample = texts(120) + ["", "ü ß 漢字 🎉 \u0301", "[CLS] [SEP] [MASK]"]
     ours = cpu_embedder.encode(sample)
-    reference = cpu_embedder.model.encode(sample, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    assert ours.shape == (120, 384) and ours.dtype == np.float32
+    reference = sentence_transformer.encode(sample, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    assert ours.shape == (123, 384) and ours.dtype == np.float32
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    assert (ours * reference).sum(axis=1).min() > 0.9999
+    assert (ours * reference).sum(axis=1).min() > 0.99999
+    assert float(np.abs(ours - reference).max()) < 1e-5  # the same forward and pooling: float noise only
     assert cpu_embedder.encode([]).shape == (0, 384)
     long_text = texts(1)[0] * 20  # far past the model's 256 tokens: truncated as sentence-transformers does
-    assert float(cpu_embedder.encode([long_text])[0] @ cpu_embedder.model.encode([long_text], normalize_embeddings=True)[0]) > 0.9999
+    assert float(cpu_embedder.encode([long_text])[0] @ sentence_transformer.encode([long_text], normalize_embeddings=True)[0]) > 0.9999
+
+
+def test_plain_models_run_without_importing_sentence_transformers():
+    """A Transformer + Pooling model (the default one) loads through transformers alone: importing
+    sentence-transformers costs every embedding process seconds (scikit-learn and a training stack)."""
+    code = ("import sys; from rag_assets.embedding import Embedder; from rag_assets.config import default_model; "
+            "e = Embedder(default_model(), 'cpu'); v = e.encode(['a text']); "
+            "print(sorted(m for m in ('sentence_transformers', 'sklearn') if m in sys.modules), v.shape, e.input_names)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[0] == "[] (1, 384) ('input_ids', 'token_type_ids', 'attention_mask')"
 
 
 def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_once(cpu_embedder, tmp_path):
