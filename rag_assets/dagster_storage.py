@@ -48,8 +48,7 @@ class _Engines:
         self._limit = limit
         self._engines: OrderedDict[str, db.engine.Engine] = OrderedDict()
         self._lock = threading.Lock()
-        forget = weakref.WeakMethod(self.forget_in_child)  # the hook must not keep a storage alive
-        os.register_at_fork(after_in_child=lambda: (m := forget()) and m())
+        _ALL_ENGINES.add(self)  # reset in a forked child by the one fork hook below
 
     def get(self, conn_string: str) -> db.engine.Engine:
         with self._lock:
@@ -77,6 +76,12 @@ class _Engines:
             engines, self._engines = list(self._engines.values()), OrderedDict()
         for engine in engines:
             engine.dispose()
+
+
+# Every live _Engines, weakly: one fork hook for the process, not one per storage ever made (a hook cannot
+# be unregistered), and a storage that is gone is not kept alive by it.
+_ALL_ENGINES: weakref.WeakSet[_Engines] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [engines.forget_in_child() for engines in list(_ALL_ENGINES)])
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
