@@ -68,11 +68,16 @@ def main() -> None:
 def sync(as_json: bool, allow_deletes: bool) -> None:
     """Do what the sensor does, once, in-process: materialize new and changed shards, remove vanished ones.
     Exits 1 when a shard failed or was held by the deletion guard."""
+    from rag_assets.embedding import embedder_options
+    from rag_assets.model_process import model_process
+
     settings = Settings.from_env()
-    report = _sync(settings, quiet=as_json, allow_deletes=allow_deletes)
-    data = report.as_json()
-    if settings.eval_after_sync and _index_changed(data):  # a quality datapoint for every change of the index
-        data["eval"] = _eval_after_sync(settings)
+    # Started first: the model loads on another core while this process imports Dagster and plans the sync.
+    with model_process(embedder_options(**settings.model_options())):
+        report = _sync(settings, quiet=as_json, allow_deletes=allow_deletes)
+        data = report.as_json()
+        if settings.eval_after_sync and _index_changed(data):  # a quality datapoint for every change of the index
+            data["eval"] = _eval_after_sync(settings)
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     else:

@@ -6,7 +6,6 @@ changed model can never mix its vectors with another's.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from rag_assets.config import usable_cores
-from rag_assets.faults import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +104,6 @@ def limit_cpu_threads(threads: int) -> None:
 
 def cpu_threads() -> int:
     return _cpu_threads or usable_cores()
-
-
-_model_turns: contextlib.AbstractContextManager = contextlib.nullcontext()  # what a model call waits for
-
-
-def take_turns_on_model(lock_file: str) -> None:
-    """Model calls of this process wait for `lock_file`'s lock: sync workers (shard_workers.py) call the
-    model one at a time. On 2 vCPUs two encodes at once ran ~2.5x slower each (the vCPUs share one core's
-    vector units: benchmarks/cores.py), and a second thread gave one encode nothing. A file lock, so that
-    a worker killed while encoding releases it."""
-    global _model_turns
-    from filelock import FileLock
-
-    _model_turns = FileLock(lock_file)
-
-
-def model_turn() -> contextlib.AbstractContextManager:
-    """Held around each call of the model (`steps.vectors.embed_windows`)."""
-    return _model_turns
 
 
 def pick_device(requested: str) -> str:
@@ -333,7 +312,6 @@ class Embedder(TextBatcher):
                 if not self.cuda and time.monotonic() - trimmed > TRIM_EVERY_SECONDS:
                     release_freed_memory()
                     trimmed = time.monotonic()
-                failpoint("embed.batch")
                 if on_batch:
                     on_batch(len(rows))
         if not self.cuda:
@@ -547,16 +525,45 @@ class OnnxEmbedder(TextBatcher):
                 mask = features["attention_mask"][..., None].astype(np.float32)
                 pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
             out[idx] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            failpoint("embed.batch")
             if on_batch:
                 on_batch(len(idx))
         return out
 
 
+_served: dict[tuple, TextBatcher] = {}  # load_embedder's options -> the sync's model process (model_process.py)
+
+
+def serve_embedder(options: tuple, embedder: TextBatcher | None) -> None:
+    """From now on `load_embedder(*options)` in this process (and in processes forked from it) is
+    `embedder`: the sync's model process (model_process.py). None: loaded here again."""
+    if embedder is None:
+        _served.pop(options, None)
+    else:
+        _served[options] = embedder
+
+
+def embedder_options(model: str, backend: str = "torch", device: str = "auto", batch_size: int = 64, batch_tokens: int = 0,
+                     model_cache: str = "") -> tuple:
+    """`load_embedder`'s arguments (`config.Settings.model_options`) as one tuple: what a model process serves."""
+    return model, backend, device, int(batch_size), int(batch_tokens), str(model_cache)
+
+
+def served_embedder(options: tuple) -> TextBatcher | None:
+    return _served.get(options)
+
+
+def load_embedder(*args, **kwargs) -> TextBatcher:
+    """The embedder for these settings (`embedder_options`' arguments): the sync's model process's, when
+    one serves them, else loaded once per process."""
+    options = embedder_options(*args, **kwargs)
+    served = _served.get(options)
+    return served if served is not None else load_embedder_here(*options)
+
+
 @functools.lru_cache(maxsize=2)
-def load_embedder(model: str, backend: str = "torch", device: str = "auto", batch_size: int = 64, batch_tokens: int = 0,
-                  model_cache: str = "") -> TextBatcher:
-    """The embedder for these settings (`config.Settings.model_options`), loaded once per process."""
+def load_embedder_here(model: str, backend: str = "torch", device: str = "auto", batch_size: int = 64, batch_tokens: int = 0,
+                       model_cache: str = "") -> TextBatcher:
+    """The embedder for these settings, loaded in this process (once)."""
     if backend == "torch":
         return Embedder(model, device, batch_size, batch_tokens or None)
     if device not in ("auto", "cpu"):

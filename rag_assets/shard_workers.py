@@ -10,34 +10,28 @@ the same instance, as the daemon's run workers do.
 Why fork, and why first: a forked worker starts with the CLI's modules already imported (a fresh
 interpreter pays ~2 s for dagster, polars and the rest before its first shard); the assets, jobs and
 pyiceberg, which a sync with nothing to run never needs, each worker imports on its first shard (sync.py).
-The workers are forked when the
-sync starts, before this process opens any catalog, client or model, so no connection, thread pool or
-model is shared between processes: each worker opens its own once and keeps it for the shards it runs.
-Only a single-threaded process forks (a thread holding a lock at the fork would leave it held forever in
-the child; gRPC and fsspec's event loops run threads): with other threads alive, as in a test process
-that ran other tests, the shards run in this process. Each worker's model and chunker get an equal share
-of the cores (`embedding.limit_cpu_threads`).
+The workers are forked when the sync starts, before this process opens any catalog or client, so no
+connection or thread pool is shared between processes: each worker opens its own once and keeps it for
+the shards it runs. The model is not theirs: the sync's model process (model_process.py) runs every
+model call, one at a time. Only a single-threaded process forks (`model_process.can_fork`): with other
+threads alive, as in a test process that ran other tests, the shards run in this process. Each worker's
+chunker gets an equal share of the cores (`embedding.limit_cpu_threads`).
 
 A worker that dies (killed, out of memory) breaks the pool: every shard not finished by then fails (the
 other workers are stopped), and the next sync runs them again; their runs, if started, name a dead
-worker's pid, so they keep no shard busy. The workers take turns on the model through a file lock, which
-a killed worker's kernel releases.
+worker's pid, so they keep no shard busy.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 from rag_assets import embedding, progress
 from rag_assets.config import usable_cores
+from rag_assets.model_process import can_fork
 
 Run = Callable[..., dict]  # (instance, resources, plan, *args) -> the shard's report row
 Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose worker died
@@ -45,36 +39,11 @@ Lost = Callable[[object, str], dict]  # (plan, why) -> the row of a shard whose 
 WORKER_DIED = "a sync worker process died (killed, or out of memory); the next sync runs this shard again"
 
 _task: tuple | None = None  # (run, instance, resources), set before the fork: what the workers inherit
-FOLDER_PREFIX = "rag-sync-"  # + the parent's pid + "-": the temp folder of a sync's worker lock
 
 
-def remove_folders_of_dead_syncs(temp: Path | None = None) -> list[Path]:
-    """A sync killed with SIGKILL leaves its lock folder behind (no cleanup runs): each sync with workers
-    removes those of syncs whose process is gone, so they never pile up. Returns what it removed. (A pid
-    is judged in this process's pid namespace: a temp dir shared by containers would need its own TMPDIR.)"""
-    removed = []
-    for folder in Path(temp or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
-        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _worker_started(threads: int, model_lock: str) -> None:
+def _worker_started(threads: int) -> None:
     progress.silence()  # the parent draws the bars; a worker's steps would draw over them
     embedding.limit_cpu_threads(threads)
-    embedding.take_turns_on_model(model_lock)
 
 
 def _in_worker(plan, *args) -> dict:
@@ -91,25 +60,20 @@ class ShardWorkers:
         self.workers, self.run, self.lost = workers, run, lost
         self.instance, self.resources = instance, resources
         self.pool: ProcessPoolExecutor | None = None
-        self.folder: tempfile.TemporaryDirectory | None = None  # holds the model's turn lock while workers run
 
     def __enter__(self) -> ShardWorkers:
-        if self.workers > 1 and "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        if self.workers > 1 and can_fork():
             global _task
             _task = (self.run, self.instance, self.resources)
             threads = max(1, usable_cores() // self.workers)
-            remove_folders_of_dead_syncs()
-            self.folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_started,
-                                            initargs=(threads, os.path.join(self.folder.name, "model.lock")))
+                                            initargs=(threads,))
             self.pool.submit(int).result()  # a fork pool forks all its workers now, at its first task
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.folder is not None:
-            self.folder.cleanup()
 
     def here(self, plans: Sequence, *args) -> Iterator[tuple[object, dict]]:
         """(plan, row) of each plan, run one after another in this process."""

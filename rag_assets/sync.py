@@ -15,6 +15,7 @@ import dagster as dg
 from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.deletion_guard import held_shards, is_held_failure
 from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
+from rag_assets.model_process import model_process
 from rag_assets.shard_workers import ShardWorkers
 from rag_assets.shard_state import (
     CHUNKS_KEY, EMBEDDINGS_KEY, RAW_DOCUMENTS_KEY, VECTOR_INDEX_KEY, ShardPlan, check_live, index_settings, latest_metadata,
@@ -69,8 +70,9 @@ def run_sync(
     allow_deletes: bool = False,  # let the deletion guard's holds through (`sync --allow-deletes`)
     workers: int = 1,  # shard runs at once (RAG_SYNC_WORKERS); above 1 in forked worker processes (shard_workers.py)
 ) -> SyncReport:
-    # Forked first, while this process holds no catalog, client or model: each worker opens its own.
-    with ShardWorkers(workers, _run_shard, _lost, instance, resources) as pool:
+    # Forked first, while this process holds no catalog, client or model: the model process loads the
+    # model while this process plans and runs the first steps; each worker opens its own catalog and clients.
+    with model_process(resources["model"].embedder_options()), ShardWorkers(workers, _run_shard, _lost, instance, resources) as pool:
         resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
         source = resources["source"].open()
         check_live(resources["model"], resources["qdrant"])

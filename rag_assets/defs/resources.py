@@ -15,7 +15,7 @@ import dagster as dg
 
 from rag_assets.chunking import Chunker, chunker_settings_key, load_chunker
 from rag_assets.config import Settings
-from rag_assets.embedding import ModelInfo, TextBatcher, load_embedder, resolve_model
+from rag_assets.embedding import ModelInfo, TextBatcher, embedder_options, load_embedder, resolve_model
 from rag_assets.aliases import live_index
 from rag_assets.index import VectorIndex, check_free_space, make_index
 from rag_assets.parsing import RecordFields
@@ -90,8 +90,12 @@ class ModelResource(dg.ConfigurableResource):
     def chunker(self) -> Chunker:
         return load_chunker(self.info(), self.chunk_tokens, self.chunk_overlap)
 
+    def embedder_options(self) -> tuple:
+        """`embedding.load_embedder`'s arguments for this model."""
+        return embedder_options(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
+
     def embedder(self) -> TextBatcher:
-        return load_embedder(self.model, self.backend, self.device, self.batch_size, self.batch_tokens, self.model_cache)
+        return load_embedder(*self.embedder_options())
 
     def sparse_encoder(self) -> SparseEncoder | None:
         return SparseEncoder(self.sparse_language) if self.sparse == "bm25" else None

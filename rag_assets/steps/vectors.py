@@ -20,7 +20,8 @@ import pyarrow as pa
 from pyiceberg.expressions import EqualTo
 
 from rag_assets import progress
-from rag_assets.embedding import TextBatcher, model_turn
+from rag_assets.embedding import TextBatcher
+from rag_assets.faults import failpoint
 from rag_assets.tables import CHUNKS, EMBEDDINGS, Lakehouse, PartitionWriter
 from rag_assets.vector_store import STORE_COLUMNS, Hits, VectorStore
 
@@ -117,15 +118,15 @@ def embed_windows(embedder: TextBatcher, windows: Iterable[pa.Table], stamp: dt.
 
     def batch_done(n: int) -> None:
         nonlocal done
+        failpoint("embed.batch")  # in the process that asked, wherever the model runs (model_process.py)
         done += n
         progress.report(shard, "embeddings", done, total)
 
-    batch_done(0)  # the bar appears with its total before the first batch
+    progress.report(shard, "embeddings", done, total)  # the bar appears with its total before the first batch
     for window in windows:
-        with model_turn():  # another sync worker's model call first, if it has one running
-            started = time.perf_counter()
-            vectors = embedder.encode(window["text"].to_pylist(), batch_done)
-            stats.seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        vectors = embedder.encode(window["text"].to_pylist(), batch_done)
+        stats.seconds += time.perf_counter() - started
         stats.chunks += window.num_rows
         log.info(f"embedded {stats.chunks}/{total} chunks on {embedder.device}")
         yield new_vectors(window["chunk_hash"].to_pylist(), vectors, stamp)
