@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import secrets
 import threading
 import time
@@ -100,9 +101,9 @@ class ServedEmbedder:
                 if on_batch:
                     on_batch(value)
                 kind, value = conn.recv()
-        except (EOFError, OSError) as exc:  # refused, reset or closed: the model process is gone
+        except (EOFError, OSError):  # refused, reset or closed: the model process is gone
             self._conn = None
-            raise ModelProcessDied(DIED) from exc
+            raise ModelProcessDied(DIED) from None  # the report names this, not the socket's EOFError
         except BaseException:  # mid-answer (an interrupt): the rest of this answer would confuse the next call
             self.close()
             raise
@@ -191,9 +192,10 @@ class _Model:
 
 def _send_error(conn: Connection, exc: BaseException) -> None:
     try:
-        conn.send(("error", exc))
-    except Exception:  # an exception that does not pickle: its type and message
-        conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        pickle.loads(pickle.dumps(exc))  # some exception types pickle but cannot be rebuilt on the other side
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")  # its type and message, at least
+    conn.send(("error", exc))
 
 
 def _accept(listener: Listener, model: _Model) -> None:

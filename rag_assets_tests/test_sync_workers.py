@@ -1,6 +1,7 @@
 """`rag-assets sync` with RAG_SYNC_WORKERS=2: edited shards run in forked worker processes, recorded in
 the same instance, with the same tables and index as a sync that runs every shard in its own process; a
-worker killed mid-run fails its shards, not the sync, and the next sync catches up."""
+worker killed mid-run fails its shards, not the sync, and so does the sync's model process
+(model_process.py) killed mid-call; the next sync catches up."""
 
 import json
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from rag_assets.model_process import DIED
 from rag_assets.runs import PID_TAG
 from rag_assets.sync import run_sync
 from rag_assets.tables import VECTOR_STORE
@@ -61,6 +63,22 @@ def test_workers_give_what_a_sync_in_one_process_gives_even_after_one_is_killed(
     runs = shard_runs()[:2]  # newest first: this sync's two runs, each naming the worker that executed it
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     assert str(cli) not in {r.tags[PID_TAG] for r in runs}
+
+    use(serial, monkeypatch, RAG_SYNC_WORKERS="1")  # the serial home syncs each version of the source too
+    assert run_sync(serial.instance(), serial.resources()).as_json()["totals"]["failed"] == 0
+    use(workers, monkeypatch, RAG_SYNC_WORKERS="2")
+
+    # The sync's model process dies at its first batch: the shards waiting for it fail, the sync reports.
+    (source / "alpha" / "orbit.md").write_text("# Orbits\n\nA comet's orbit is long and thin.\n")
+    (source / "beta" / "tides.md").write_text("# Spring tides\n\nSpring tides come with new and full moons.\n")
+    _, killed = cli_sync("--json", failpoint="model_process.batch:1")
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    shards = json.loads(killed.stdout)["shards"]
+    assert {s for s, row in shards.items() if row["status"] == "failed"} == {"alpha", "beta"}, shards
+    assert all(shards[s]["error"].endswith(f"ModelProcessDied: {DIED}") for s in ("alpha", "beta")), shards
+    third = cli_sync("--json")[1]
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert [s for s, row in json.loads(third.stdout)["shards"].items() if row["status"] == "changed"] == ["alpha", "beta"]
     got = state_of(workers)
 
     use(serial, monkeypatch, RAG_SYNC_WORKERS="1")

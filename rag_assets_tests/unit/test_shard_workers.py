@@ -12,7 +12,7 @@ import threading
 
 from rag_assets import embedding, progress
 from rag_assets.config import usable_cores
-from rag_assets.shard_workers import FOLDER_PREFIX, ShardWorkers, remove_folders_of_dead_syncs
+from rag_assets.shard_workers import ShardWorkers
 
 
 def where(instance, resources, plan, extra):
@@ -77,15 +77,3 @@ def test_a_process_with_other_threads_runs_the_shards_itself():
         stop.set()
         other.join()
     assert {row["pid"] for row in rows.values()} == {os.getpid()}
-
-
-def test_the_lock_folders_of_killed_syncs_are_removed_and_live_ones_kept(tmp_path):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    dead = tmp_path / f"{FOLDER_PREFIX}{int(gone.stdout)}-abc"  # its process has exited: a killed sync's leftover
-    live = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def"
-    other = tmp_path / "rag-sync-notapid"
-    for folder in (dead, live, other):
-        folder.mkdir()
-        (folder / "model.lock").touch()
-    assert remove_folders_of_dead_syncs(tmp_path) == [dead]
-    assert not dead.exists() and live.exists() and other.exists()
