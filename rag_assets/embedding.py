@@ -214,7 +214,9 @@ class Embedder(TextBatcher):
     On the CPU, where a second thread would only take a core from torch's own, batches are padded inline.
     """
 
-    def __init__(self, model: str, device: str = "auto", batch_size: int = 64, batch_tokens: int | None = None):
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 64, batch_tokens: int | None = None,
+                 cache: Path | None = None):
+        """`cache`: the model cache, where a CPU model's TorchScript trace is kept (None: load by transformers)."""
         import torch
 
         info = resolve_model(model)
@@ -224,8 +226,9 @@ class Embedder(TextBatcher):
         self.cuda = self.device.startswith("cuda")
         started = time.perf_counter()
         pooling = plain_pooling(info)
-        if pooling:  # what sentence-transformers would run, on transformers alone
-            self.model = PooledTransformer(info, pooling)
+        if pooling:  # what sentence-transformers would run, on transformers alone (or its trace)
+            use_trace = cache is not None and not self.cuda
+            self.model = PooledTransformer.cached(info, pooling, cache) if use_trace else PooledTransformer.load(info, pooling)
             self.transformer = self.model.transformer
             input_names = self.model.input_names
         else:  # other modules (a Dense layer, ...): sentence-transformers runs them
@@ -359,12 +362,25 @@ def _pooling_mode(info: ModelInfo) -> str:
 
 
 class PooledTransformer:
-    """A Transformer + Pooling (+ Normalize) sentence-transformers model run by transformers alone: the
-    same weights, the same forward and the same pooling, without importing sentence-transformers, which
-    brings scikit-learn and more: loading took 6.8 s instead of 9.1 s in a fresh process on a 2-vCPU VM
-    (benchmarks/RESULTS.md, 2026-12-07). The caller normalizes, as it does for both."""
+    """A Transformer + Pooling (+ Normalize) sentence-transformers model run without sentence-transformers,
+    which brings scikit-learn and more: the same weights, the same forward and the same pooling. The caller
+    normalizes, as it does for both. Loaded two ways:
 
-    def __init__(self, info: ModelInfo, pooling: str):
+    - `load`: by transformers. 6.8 s instead of 9.1 s for sentence-transformers in a fresh process on a
+      2-vCPU VM (benchmarks/RESULTS.md, 2026-12-07); most of it is importing transformers' modeling code.
+    - `cached`, on the CPU: the transformer traced by TorchScript, once, into the model cache, and loaded
+      from there by torch alone: 1.4 s of CPU instead of 3.8 s on the next VM (RESULTS.md, "The model
+      process"). The trace runs the same torch operations on the same weights; the export checks it against
+      the transformers model on padded, unpadded, single and truncated batches and refuses it (the model
+      then loads by transformers) if any output differs by more than TRACE_MAX_DIFF.
+    """
+
+    def __init__(self, module, pooling: str, input_names: tuple[str, ...], dim: int, traced: bool):
+        self.module, self.pooling, self.input_names, self.dim, self.traced = module, pooling, input_names, dim, traced
+        self.transformer = None if traced else module  # the transformers model (the ONNX export, the CUDA budget)
+
+    @classmethod
+    def load(cls, info: ModelInfo, pooling: str) -> PooledTransformer:
         import inspect
 
         import torch
@@ -372,29 +388,147 @@ class PooledTransformer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        self.transformer = AutoModel.from_pretrained(str(info.path), local_files_only=True, dtype=torch.float32)
-        self.pooling = pooling
-        accepted = inspect.signature(self.transformer.forward).parameters
-        self.input_names = tuple(name for name in TOKENIZER_FIELDS if name in accepted)  # as its tokenizer gives them
+        transformer = AutoModel.from_pretrained(str(info.path), local_files_only=True, dtype=torch.float32)
+        accepted = inspect.signature(transformer.forward).parameters
+        names = tuple(name for name in TOKENIZER_FIELDS if name in accepted)  # as its tokenizer gives them
+        return cls(transformer, pooling, names, int(transformer.config.hidden_size), traced=False)
+
+    @classmethod
+    def cached(cls, info: ModelInfo, pooling: str, cache: Path) -> PooledTransformer:
+        """The TorchScript trace from the model cache, made first if it is not there (one process traces,
+        racing ones wait for it); the transformers model where the trace was refused or the cache is unusable."""
+        from filelock import FileLock
+
+        target = torchscript_export_path(info, cache)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(f"{target}.lock")
+            lock.acquire()
+        except OSError as exc:  # a read-only or broken cache costs load time, never the model
+            log.warning("cannot use the model cache %s (%s); loading %s by transformers", cache, exc, info.key)
+            return cls.load(info, pooling)
+        try:
+            return cls._trace_in_cache(info, pooling, target)
+        finally:
+            lock.release()
+
+    @classmethod
+    def _trace_in_cache(cls, info: ModelInfo, pooling: str, target: Path) -> PooledTransformer:
+        import torch
+
+        refused = target.with_name(target.name + ".refused")  # why, for whoever looks
+        if refused.exists():
+            return cls.load(info, pooling)
+        for attempt in (1, 2):
+            if not target.exists():
+                try:
+                    export_torchscript(info, pooling, target)
+                except TraceMismatch as exc:
+                    refused.write_text(f"{exc}\n")
+                    log.warning("%s; loading %s by transformers", exc, info.key)
+                    return cls.load(info, pooling)
+            extra = {TRACE_META_FILE: ""}
+            try:
+                module = torch.jit.load(str(target), map_location="cpu", _extra_files=extra)
+                break
+            except Exception as exc:  # damaged after its atomic write: it is only a cache, trace it again
+                if attempt == 2:
+                    raise
+                log.warning("cannot load the TorchScript trace %s (%s); tracing the model again", target, exc)
+                target.unlink()
+        meta = json.loads(extra[TRACE_META_FILE])
+        return cls(module, pooling, tuple(meta["input_names"]), int(meta["dim"]), traced=True)
 
     def to(self, device: str) -> None:
-        self.transformer.to(device)
+        self.module.to(device)
 
     def half(self) -> None:
-        self.transformer.half()
+        self.module.half()
 
     def eval(self) -> None:
-        self.transformer.eval()
+        self.module.eval()
 
     def get_embedding_dimension(self) -> int:
-        return int(self.transformer.config.hidden_size)
+        return self.dim
+
+    def tokens(self, features: dict):
+        """The last hidden state of a batch."""
+        if self.traced:
+            return self.module(*(features[name] for name in self.input_names))
+        return self.module(**features, return_dict=False)[0]
 
     def __call__(self, features: dict) -> dict:
-        tokens = self.transformer(**features, return_dict=False)[0]
+        tokens = self.tokens(features)
         if self.pooling == "cls":
             return {"sentence_embedding": tokens[:, 0]}
         mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)  # sentence-transformers' mean pooling
         return {"sentence_embedding": (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)}
+
+
+class TraceMismatch(ValueError):
+    pass
+
+
+# The TorchScript trace's file in the model cache, and what it keeps beside the graph.
+TORCHSCRIPT_FILE = "transformer-cpu.torchscript"
+TRACE_META_FILE = "rag_assets.json"  # input names and dimension
+TRACE_MAX_DIFF = 1e-5  # largest difference to the transformers model's last hidden state a trace may have
+TRACE_EXAMPLE = ["A short text.", "A longer text, so that the batch the trace is made from is padded like most batches."]
+TRACE_PROBES = [  # what the trace is checked on: shapes and masks it was not made with
+    ["One text alone, with no padding at all."],
+    ["Two texts of one length.", "Two texts of one length."],
+    ["Three texts", "of quite different lengths, the longest one with many more words than the others", "x"],
+    ["A text longer than the model reads, cut at its maximum length. " * 200, "and a short one"],
+]
+
+
+def torchscript_export_path(info: ModelInfo, cache: Path) -> Path:
+    return cache / f"{info.name.replace('/', '--')}@{info.revision}" / TORCHSCRIPT_FILE
+
+
+def export_torchscript(info: ModelInfo, pooling: str, target: Path) -> None:
+    """The transformer traced by TorchScript from the local weights, checked against the transformers model
+    on TRACE_PROBES (TraceMismatch if it differs), written atomically."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    eager = PooledTransformer.load(info, pooling)
+    eager.eval()
+    names = eager.input_names
+    batcher = TextBatcher(info, 64, 1 << 30, names)
+
+    class Positional(torch.nn.Module):  # the inputs in a fixed order: a trace takes no keywords
+        def __init__(self, transformer):
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs):
+            return self.transformer(**dict(zip(names, inputs)), return_dict=False)[0]
+
+    def batch(texts: list[str]) -> tuple:
+        features = batcher.features(batcher.tokenizer.encode_batch(texts), list(range(len(texts))))
+        return tuple(torch.from_numpy(features[name]) for name in names)
+
+    model = Positional(eager.module).eval()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers' config notes, printed while it is traced
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings for the mask's branches: the probes check them
+        try:
+            traced = torch.jit.trace(model, batch(TRACE_EXAMPLE), check_trace=False, strict=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        for texts in TRACE_PROBES:
+            inputs = batch(texts)
+            diff = float((traced(*inputs) - model(*inputs)).abs().max())
+            if not diff <= TRACE_MAX_DIFF:
+                raise TraceMismatch(f"the TorchScript trace of {info.key} differs from the model by {diff:.2g} "
+                                    f"on {len(texts)} texts (allowed: {TRACE_MAX_DIFF:g})")
+    meta = {TRACE_META_FILE: json.dumps({"input_names": list(names), "dim": eager.dim, "model": info.key})}
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    torch.jit.save(traced, str(partial), _extra_files=meta)
+    os.replace(partial, target)
+    log.info("traced %s into %s", info.key, target)
 
 
 def export_onnx(info: ModelInfo, target: Path) -> None:
@@ -565,7 +699,7 @@ def load_embedder_here(model: str, backend: str = "torch", device: str = "auto",
                        model_cache: str = "") -> TextBatcher:
     """The embedder for these settings, loaded in this process (once)."""
     if backend == "torch":
-        return Embedder(model, device, batch_size, batch_tokens or None)
+        return Embedder(model, device, batch_size, batch_tokens or None, Path(model_cache) if model_cache else None)
     if device not in ("auto", "cpu"):
         raise ValueError(f"RAG_EMBED_BACKEND={backend} runs on the CPU; RAG_EMBED_DEVICE={device} needs RAG_EMBED_BACKEND=torch")
     if not model_cache:

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,11 @@ class RagEnv:
         return dg.DagsterInstance.get()
 
 
+# One model cache for the test session: the CPU model's TorchScript trace (and an ONNX export) is made once,
+# and every later home loads it with torch alone.
+MODEL_CACHE = tempfile.TemporaryDirectory(prefix="rag-test-models-")
+
+
 def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
     env = RagEnv(tmp / "rag", tmp / "source", tmp / "dagster")
     env.source.mkdir(parents=True)
@@ -120,6 +126,7 @@ def make_env(tmp: Path, mp: pytest.MonkeyPatch, **extra: str) -> RagEnv:
     mp.setenv("RAG_SOURCE", str(env.source))
     mp.setenv("DAGSTER_HOME", str(env.dagster_home))
     mp.setenv("RAG_EMBED_DEVICE", "cpu")
+    mp.setenv("RAG_MODEL_CACHE", MODEL_CACHE.name)
     # `rag-assets sync` runs its shards in its own process unless a test asks for workers: whether a CLI
     # invoked inside pytest could fork would depend on the threads earlier tests left (shard_workers.py).
     mp.setenv("RAG_SYNC_WORKERS", "1")

@@ -71,6 +71,53 @@ def test_plain_models_run_without_importing_sentence_transformers():
     assert out.stdout.split("\n")[0] == "[] (1, 384) ('input_ids', 'token_type_ids', 'attention_mask')"
 
 
+def test_a_cpu_model_loads_from_its_torchscript_trace_with_the_same_vectors(cpu_embedder, tmp_path):
+    """The trace is made once into the model cache; a later process loads it with torch alone (no
+    transformers import) and gives the vectors of the transformers model."""
+    from rag_assets.embedding import torchscript_export_path
+
+    sample = texts(60) + ["", "x"]
+    first = Embedder(default_model(), "cpu", batch_size=16, batch_tokens=1024, cache=tmp_path)
+    assert first.model.traced and first.transformer is None
+    trace = torchscript_export_path(first.info, tmp_path)
+    assert trace.is_file() and not list(trace.parent.glob(".*partial"))
+    np.testing.assert_allclose(first.encode(sample), cpu_embedder.encode(sample), atol=1e-6)
+
+    code = ("import sys, json; from rag_assets.embedding import Embedder; from rag_assets.config import default_model; "
+            f"e = Embedder(default_model(), 'cpu', 16, 1024, cache=__import__('pathlib').Path({str(tmp_path)!r})); "
+            f"v = e.encode({sample!r}); print(json.dumps(['transformers' in sys.modules, e.model.traced, v.tolist()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported, traced, vectors = json.loads(out.stdout.splitlines()[-1])
+    assert not imported and traced
+    np.testing.assert_allclose(np.array(vectors), cpu_embedder.encode(sample), atol=1e-6)
+
+
+def test_a_trace_that_differs_is_refused_once_a_damaged_one_is_made_again_and_no_cache_still_loads(cpu_embedder, tmp_path, monkeypatch):
+    from rag_assets import embedding
+
+    sample = texts(20)
+    monkeypatch.setattr(embedding, "TRACE_MAX_DIFF", -1.0)  # no trace can pass: as if the trace took another branch
+    refused = Embedder(default_model(), "cpu", cache=tmp_path / "refused")
+    trace = embedding.torchscript_export_path(refused.info, tmp_path / "refused")
+    assert not refused.model.traced and not trace.exists()
+    assert "differs from the model" in trace.with_name(trace.name + ".refused").read_text()
+    np.testing.assert_allclose(refused.encode(sample), cpu_embedder.encode(sample), atol=1e-6)
+    monkeypatch.setattr(embedding, "export_torchscript", lambda *a: pytest.fail("a refused trace is not tried again"))
+    assert not Embedder(default_model(), "cpu", cache=tmp_path / "refused").model.traced
+
+    monkeypatch.undo()
+    trace = embedding.torchscript_export_path(refused.info, tmp_path / "damaged")
+    trace.parent.mkdir(parents=True)
+    trace.write_bytes(b"not a TorchScript archive")  # e.g. a disk that lost the file's blocks
+    again = Embedder(default_model(), "cpu", cache=tmp_path / "damaged")
+    assert again.model.traced and trace.stat().st_size > 1_000_000
+    np.testing.assert_allclose(again.encode(sample), cpu_embedder.encode(sample), atol=1e-6)
+
+    (tmp_path / "a-file").write_text("")  # a cache that cannot be made: the model still loads
+    assert not Embedder(default_model(), "cpu", cache=tmp_path / "a-file").model.traced
+
+
 def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_once(cpu_embedder, tmp_path):
     from rag_assets.defs.resources import ModelResource
     from rag_assets.embedding import ONNX_OLD_EXPORT_FILE, OnnxEmbedder, onnx_export_path, resolve_model
