@@ -72,7 +72,7 @@ def sync(as_json: bool, allow_deletes: bool) -> None:
     from rag_assets.model_process import model_process
 
     settings = Settings.from_env()
-    # Started first: the model loads on another core while this process imports Dagster and plans the sync.
+    # Forked first, while this process is single-threaded; it loads the model once the plan has shards to embed.
     with model_process(embedder_options(**settings.model_options())):
         report = _sync(settings, quiet=as_json, allow_deletes=allow_deletes)
         data = report.as_json()

@@ -2,10 +2,11 @@
 forked when the sync starts, and asked by every shard run of that sync (in the CLI's process and in its
 workers) instead of each loading its own.
 
-Why: loading the model (importing torch and transformers, reading the weights) took 5-7 s of every sync
-that embedded anything, and each sync worker paid it again (benchmarks/RESULTS.md, "A torch edit taken
-apart"). The model process loads it on the other core while the CLI plans the sync and runs the first
-shard's `raw_documents` and `chunks` steps. Its calls take turns by themselves (one request at a time:
+Why: loading the model took 5-7 s of every sync that embedded anything, and each sync worker paid it
+again (benchmarks/RESULTS.md, "A torch edit taken apart"). The model process is forked when the CLI
+starts, before it opens anything, and loads the model on the other core as soon as the sync's plan has
+shards to embed, while the CLI creates the first run and runs its `raw_documents` and `chunks` steps; a
+sync with nothing to embed never loads it. Its calls take turns by themselves (one request at a time:
 on 2 vCPUs two encodes at once ran ~2.5x slower each), and each call gets all the cores.
 
 How: the CLI binds a unix socket in the abstract namespace (no file to clean up) with a random key, forks
@@ -14,8 +15,8 @@ embeds connects once (multiprocessing.connection: pickled messages) and sends ("
 model process answers ("batch", n) after each batch (the progress bar; the `embed.batch` failpoint fires
 in the asking process, as before), then ("vectors", array) or ("error", exception).
 
-Only a single-threaded process forks (shard_workers.py says why); elsewhere, as in a test process that
-ran other tests, each run loads its own model (`embedding.load_embedder`). A model process that dies
+Only a single-threaded process that has not imported torch forks (`can_fork`); elsewhere, as in a test
+process that ran other tests, each run loads its own model (`embedding.load_embedder`). A model process that dies
 (killed, out of memory) fails the shards that wait for it, not the sync; the next sync runs them again.
 It exits with the CLI: a watchdog thread notices when its parent is gone.
 """
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import pickle
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,20 +48,29 @@ class ModelProcessDied(RuntimeError):
 
 
 def can_fork() -> bool:
-    """Whether this process may fork helpers: a thread holding a lock at the fork would leave it held
-    forever in the child (gRPC and fsspec's event loops run threads)."""
-    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    """Whether this process may fork helpers: not with other threads (one holding a lock at the fork would
+    leave it held forever in the child: gRPC and fsspec's event loops run threads), and not once torch is
+    imported (its OpenMP pool's native threads are invisible to `threading`, and a forked child's first
+    parallel operation hung on them: seen in a test process that had used the model)."""
+    return ("fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+            and "torch" not in sys.modules)
 
 
 class ServedEmbedder:
     """What the shard runs use of an embedder (`encode`, `device`, `cuda`, `info`), answered by the model
     process over one connection per process (opened at the first call: a forked worker opens its own)."""
 
-    def __init__(self, address: str, authkey: bytes):
+    def __init__(self, address: str, authkey: bytes, go: int):
         self.address, self.authkey = address, authkey
+        self._go = go  # the pipe the model process waits on before it loads the model
         self._conn: Connection | None = None
         self._pid = 0  # the process that opened _conn
         self._about: dict | None = None
+
+    def load_now(self) -> None:
+        """Have the model process load the model now, if it has not yet (the first call does too)."""
+        with contextlib.suppress(OSError):  # a closed pipe: the sync is over, or the process is gone
+            os.write(self._go, b"1")
 
     def encode(self, texts: list[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         return self._ask(("encode", list(texts)), on_batch)
@@ -93,6 +104,8 @@ class ServedEmbedder:
         return self._conn
 
     def _ask(self, request: tuple, on_batch: Callable[[int], None] | None = None):
+        if self._conn is None or self._pid != os.getpid():
+            self.load_now()
         try:
             conn = self._connection()
             conn.send(request)
@@ -112,6 +125,13 @@ class ServedEmbedder:
         return value
 
 
+def load_now(options: tuple) -> None:
+    """Have the model process serving `options` (if any) load the model now: the sync has shards to embed."""
+    served = embedding.served_embedder(options)
+    if isinstance(served, ServedEmbedder):
+        served.load_now()
+
+
 @contextlib.contextmanager
 def model_process(options: tuple) -> Iterator[bool]:
     """While open, `embedding.load_embedder(*options)` in this process and in processes forked from it
@@ -125,17 +145,20 @@ def model_process(options: tuple) -> Iterator[bool]:
         return
     address, authkey = f"\0rag-assets-model-{os.getpid()}-{secrets.token_hex(8)}", secrets.token_bytes(32)
     listener = Listener(address, family="AF_UNIX", backlog=16, authkey=authkey)
+    go_read, go_write = os.pipe()
     process = multiprocessing.get_context("fork").Process(
-        target=_serve, args=(listener, options, os.getpid()), name="rag-assets-model", daemon=True)
+        target=_serve, args=(listener, options, os.getpid(), go_read), name="rag-assets-model", daemon=True)
     process.start()
     listener.close()  # the model process holds the socket now; workers forked later must not
-    served = ServedEmbedder(address, authkey)
+    os.close(go_read)
+    served = ServedEmbedder(address, authkey, go_write)
     embedding.serve_embedder(options, served)
     try:
         yield True
     finally:
         embedding.serve_embedder(options, None)
         served.close()
+        os.close(go_write)
         process.terminate()
         process.join(5)
         if process.is_alive():
@@ -145,10 +168,12 @@ def model_process(options: tuple) -> Iterator[bool]:
 
 # --- in the model process ------------------------------------------------------------------------------
 
-def _serve(listener: Listener, options: tuple, parent: int) -> None:
+def _serve(listener: Listener, options: tuple, parent: int, go: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="watch-parent").start()
     model = _Model()
     threading.Thread(target=_accept, args=(listener, model), daemon=True, name="accept").start()
+    if not os.read(go, 1):  # the sync has shards to embed (or asked); EOF: it ended without
+        os._exit(0)
     model.load(options)
     threading.Event().wait()  # until the CLI terminates this process (or the watchdog exits it)
 

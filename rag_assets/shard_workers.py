@@ -13,9 +13,9 @@ pyiceberg, which a sync with nothing to run never needs, each worker imports on 
 The workers are forked when the sync starts, before this process opens any catalog or client, so no
 connection or thread pool is shared between processes: each worker opens its own once and keeps it for
 the shards it runs. The model is not theirs: the sync's model process (model_process.py) runs every
-model call, one at a time. Only a single-threaded process forks (`model_process.can_fork`): with other
-threads alive, as in a test process that ran other tests, the shards run in this process. Each worker's
-chunker gets an equal share of the cores (`embedding.limit_cpu_threads`).
+model call, one at a time. Only a single-threaded process that has not imported torch forks
+(`model_process.can_fork`): elsewhere, as in a test process that ran other tests, the shards run in this
+process. Each worker's chunker gets an equal share of the cores (`embedding.limit_cpu_threads`).
 
 A worker that dies (killed, out of memory) breaks the pool: every shard not finished by then fails (the
 other workers are stopped), and the next sync runs them again; their runs, if started, name a dead

@@ -15,7 +15,7 @@ import dagster as dg
 from rag_assets.defs.partitions import add_shards, shards
 from rag_assets.deletion_guard import held_shards, is_held_failure
 from rag_assets.runs import ALLOW_DELETES_TAG, busy_shards, shard_run_tags, worker_tags
-from rag_assets.model_process import model_process
+from rag_assets.model_process import load_now, model_process
 from rag_assets.shard_workers import ShardWorkers
 from rag_assets.shard_state import (
     CHUNKS_KEY, EMBEDDINGS_KEY, RAW_DOCUMENTS_KEY, VECTOR_INDEX_KEY, ShardPlan, check_live, index_settings, latest_metadata,
@@ -70,8 +70,8 @@ def run_sync(
     allow_deletes: bool = False,  # let the deletion guard's holds through (`sync --allow-deletes`)
     workers: int = 1,  # shard runs at once (RAG_SYNC_WORKERS); above 1 in forked worker processes (shard_workers.py)
 ) -> SyncReport:
-    # Forked first, while this process holds no catalog, client or model: the model process loads the
-    # model while this process plans and runs the first steps; each worker opens its own catalog and clients.
+    # Forked first, while this process holds no catalog, client or model: each worker opens its own catalog
+    # and clients; the model process (the CLI's, if it started one) loads the model once the plan needs it.
     with model_process(resources["model"].embedder_options()), ShardWorkers(workers, _run_shard, _lost, instance, resources) as pool:
         resources["qdrant"].check_space()  # a full disk fails the sync once, clearly, before any shard runs
         source = resources["source"].open()
@@ -86,6 +86,8 @@ def run_sync(
         report = SyncReport(skipped=dict(source.skipped))
         progress = progress or SyncProgress()
         to_run = [p for p in plans if p.shard not in idle and p.shard not in busy]
+        if any(p.status in ("new", "changed") for p in to_run):  # a sync with nothing to embed never loads the model
+            load_now(resources["model"].embedder_options())
         progress.planned(to_run)
         for plan in plans:
             if plan.shard in busy and plan.status != "unchanged":

@@ -75,6 +75,13 @@ def killed_mid_call() -> dict:
             return {"error": str(exc), "seconds": time.monotonic() - started}
 
 
+def with_torch_imported() -> dict:
+    import torch  # noqa: F401
+
+    with model_process(options()) as started:
+        return {"started": started, "served": isinstance(load_embedder(*options()), ServedEmbedder)}
+
+
 def in_fresh_process(function: str, *args: str) -> dict:
     code = f"import json; from {__name__} import {function}; print(json.dumps({function}(*{args!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -104,6 +111,11 @@ def test_a_model_that_cannot_load_fails_each_call_with_its_own_error(tmp_path):
 def test_a_killed_model_process_fails_the_waiting_call_and_nothing_hangs():
     got = in_fresh_process("killed_mid_call")
     assert got["error"] == DIED and got["seconds"] < 30
+
+
+def test_a_process_that_imported_torch_does_not_fork_one():
+    """Its OpenMP threads would leave a forked child's first parallel operation hanging."""
+    assert in_fresh_process("with_torch_imported") == {"started": False, "served": False}
 
 
 def test_a_process_with_other_threads_loads_its_own_model():

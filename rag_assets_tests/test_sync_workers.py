@@ -81,6 +81,12 @@ def test_workers_give_what_a_sync_in_one_process_gives_even_after_one_is_killed(
     assert [s for s, row in json.loads(third.stdout)["shards"].items() if row["status"] == "changed"] == ["alpha", "beta"]
     got = state_of(workers)
 
+    # Nothing to embed: the model process never loads the model (it would trace it into this empty cache).
+    monkeypatch.setenv("RAG_MODEL_CACHE", str(tmp_path / "empty-cache"))
+    idle = cli_sync("--json")[1]
+    assert idle.returncode == 0 and json.loads(idle.stdout)["totals"]["embedded"] == 0, idle.stderr[-3000:]
+    assert not (tmp_path / "empty-cache").exists()
+
     use(serial, monkeypatch, RAG_SYNC_WORKERS="1")
     assert run_sync(serial.instance(), serial.resources()).as_json()["totals"]["failed"] == 0
     assert_same(got, state_of(serial))
