@@ -1,7 +1,7 @@
 """One commit's `rag-assets sync` against the working tree's, on the peers benchmark's corpus and edit:
-a full build, then `--rounds` times a no-change sync and a small edit (one page edited in each shard),
-each a fresh `rag-assets sync --json` process with the default RAG_SYNC_WORKERS, the two interleaved
-(their order alternates each round).
+`--builds` full builds (each in a fresh home), then on the last homes `--rounds` times a no-change sync
+and a small edit (one page edited in each shard). Each is a fresh `rag-assets sync --json` process with
+the default RAG_SYNC_WORKERS, the two interleaved (their order alternates each round).
 
     apt-get install postgresql-doc-15                      # the corpus: PostgreSQL's HTML documentation
     python benchmarks/ab_sync.py --base cb7555b --backend torch --rounds 4
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the commit to compare the working tree with")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--builds", type=int, default=1, help="full builds of each, interleaved, each in a fresh home")
     parser.add_argument("--pages", type=int, default=200)
     parser.add_argument("--shards", type=int, default=4)
     args = parser.parse_args()
@@ -70,13 +71,15 @@ def main() -> None:
         clis = {"base": base_cli(args.base, worktree), "new": [str(Path(sys.executable).with_name("rag-assets"))]}
         src = tmp / "src"
         build_src(src, pick_pages(args.pages), args.shards)
-        envs = {}
-        for name in clis:  # a home each; one model cache (tmp/models) for both, as peers.py shares one
-            envs[name] = rag_env(tmp / "homes" / name, src, args.backend)
-            envs[name].pop("RAG_SYNC_WORKERS", None)
         runs: dict = {name: {"full": [], "no change": [], "edit": []} for name in clis}
-        for name in clis:
-            runs[name]["full"].append(timed_sync(clis[name], envs[name]))
+        for b in range(args.builds):
+            envs = {}
+            for name in (list(clis) if b % 2 == 0 else list(clis)[::-1]):
+                # a home each; one model cache (tmp/models) for all, as peers.py shares one
+                envs[name] = rag_env(tmp / f"homes-{b}" / name, src, args.backend)
+                envs[name].pop("RAG_SYNC_WORKERS", None)
+                runs[name]["full"].append(timed_sync(clis[name], envs[name]))
+            print(f"build {b + 1}: " + ", ".join(f"{n} {runs[n]['full'][-1]['seconds']}s" for n in clis), file=sys.stderr)
         for r in range(args.rounds):
             order = list(clis) if r % 2 == 0 else list(clis)[::-1]
             for name in order:
