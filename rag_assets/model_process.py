@@ -16,9 +16,10 @@ model process answers ("batch", n) after each batch (the progress bar; the `embe
 in the asking process, as before), then ("vectors", array) or ("error", exception).
 
 Only a single-threaded process that has not imported torch forks (`can_fork`); elsewhere, as in a test
-process that ran other tests, each run loads its own model (`embedding.load_embedder`). A model process that dies
-(killed, out of memory) fails the shards that wait for it, not the sync; the next sync runs them again.
-It exits with the CLI: a watchdog thread notices when its parent is gone.
+process that ran other tests, each run loads its own model (`embedding.load_embedder`). A model process
+that dies (killed, out of memory), or sends nothing for ANSWER_TIMEOUT_SECONDS, fails the shards that
+wait for it, not the sync; the next sync runs them again. It exits with the CLI: a watchdog thread
+notices when its parent is gone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from rag_assets import embedding
 from rag_assets.faults import failpoint
 
 DIED = "the sync's model process died (killed, or out of memory); the next sync runs this shard again"
+SILENT = "the sync's model process sent nothing for {seconds:g} s; the next sync runs this shard again"
+# Longest wait for the model process's next message: its first load (with the ONNX export, ~1 min) or one
+# batch. A stopped or stuck process fails the waiting shards instead of hanging the sync.
+ANSWER_TIMEOUT_SECONDS = 600.0
 WATCH_PARENT_SECONDS = 0.5
 
 
@@ -109,13 +114,13 @@ class ServedEmbedder:
         try:
             conn = self._connection()
             conn.send(request)
-            kind, value = conn.recv()
+            kind, value = self._next(conn)
             while kind == "batch":
                 if on_batch:
                     on_batch(value)
-                kind, value = conn.recv()
+                kind, value = self._next(conn)
         except (EOFError, OSError):  # refused, reset or closed: the model process is gone
-            self._conn = None
+            self.close()
             raise ModelProcessDied(DIED) from None  # the report names this, not the socket's EOFError
         except BaseException:  # mid-answer (an interrupt): the rest of this answer would confuse the next call
             self.close()
@@ -123,6 +128,12 @@ class ServedEmbedder:
         if kind == "error":
             raise value
         return value
+
+    def _next(self, conn: Connection) -> tuple:
+        if not conn.poll(ANSWER_TIMEOUT_SECONDS):
+            self.close()
+            raise ModelProcessDied(SILENT.format(seconds=ANSWER_TIMEOUT_SECONDS))
+        return conn.recv()
 
 
 def load_now(options: tuple) -> None:

@@ -20,7 +20,7 @@ import pytest
 from rag_assets import embedding
 from rag_assets.config import default_model
 from rag_assets.embedding import embedder_options, load_embedder, load_embedder_here
-from rag_assets.model_process import DIED, ModelProcessDied, ServedEmbedder, model_process
+from rag_assets.model_process import DIED, SILENT, ModelProcessDied, ServedEmbedder, model_process
 
 TEXTS = [f"Sentence {i} about {topic}." for i, topic in enumerate(["tides", "orbits", "kites", "bread"] * 5)]
 
@@ -75,6 +75,28 @@ def killed_mid_call() -> dict:
             return {"error": str(exc), "seconds": time.monotonic() - started}
 
 
+def stopped_mid_call() -> dict:
+    """Run in a fresh interpreter: the model process is stopped (SIGSTOP) while a call waits; the call fails
+    once the process has been silent for ANSWER_TIMEOUT_SECONDS."""
+    from rag_assets import model_process as mp
+
+    mp.ANSWER_TIMEOUT_SECONDS = 3.0
+    opts = options()
+    with model_process(opts):
+        embedder = load_embedder(*opts)
+        embedder.encode(TEXTS[:1])
+        pid = next(p.pid for p in __import__("multiprocessing").active_children() if p.name == "rag-assets-model")
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            embedder.encode(TEXTS)
+            return {"error": ""}
+        except ModelProcessDied as exc:
+            return {"error": str(exc), "seconds": time.monotonic() - started}
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
 def with_torch_imported() -> dict:
     import torch  # noqa: F401
 
@@ -111,6 +133,11 @@ def test_a_model_that_cannot_load_fails_each_call_with_its_own_error(tmp_path):
 def test_a_killed_model_process_fails_the_waiting_call_and_nothing_hangs():
     got = in_fresh_process("killed_mid_call")
     assert got["error"] == DIED and got["seconds"] < 30
+
+
+def test_a_stopped_model_process_fails_the_waiting_call_once_it_is_silent_too_long():
+    got = in_fresh_process("stopped_mid_call")
+    assert got["error"] == SILENT.format(seconds=3.0) and 3.0 <= got["seconds"] < 20, got
 
 
 def test_a_process_that_imported_torch_does_not_fork_one():
