@@ -80,11 +80,11 @@ def stopped_mid_call() -> dict:
     once the process has been silent for ANSWER_TIMEOUT_SECONDS."""
     from rag_assets import model_process as mp
 
-    mp.ANSWER_TIMEOUT_SECONDS = 3.0
     opts = options()
     with model_process(opts):
         embedder = load_embedder(*opts)
-        embedder.encode(TEXTS[:1])
+        embedder.encode(TEXTS[:1])  # loaded (which may take longer than the limit below)
+        mp.ANSWER_TIMEOUT_SECONDS = 3.0
         pid = next(p.pid for p in __import__("multiprocessing").active_children() if p.name == "rag-assets-model")
         os.kill(pid, signal.SIGSTOP)
         started = time.monotonic()
