@@ -473,18 +473,22 @@ def repair(as_json: bool) -> None:
 def demo(query: str) -> None:
     """Build a demo source from the Python standard library's own documentation, sync it, and search it."""
     from rag_assets.demo import build_demo_source
+    from rag_assets.embedding import embedder_options
+    from rag_assets.model_process import model_process
 
     settings = Settings.from_env()
     if "://" in settings.source:
         raise click.UsageError(f"the demo writes its documents into a local folder; RAG_SOURCE is {settings.source}")
     created = build_demo_source(Path(settings.source))
     click.echo(f"demo source: {settings.source} ({created} documents in {len(list(Path(settings.source).iterdir()))} shards)")
-    data = _sync(settings, quiet=False).as_json()
-    if settings.eval_after_sync and _index_changed(data):
-        data["eval"] = _eval_after_sync(settings)
-    _print_sync(data)
-    click.echo(f"\nsearch: {query}")
-    for i, h in enumerate(_search(settings, query, 3, None), 1):
+    with model_process(embedder_options(**settings.model_options())):  # one model for the sync, evaluation and search
+        data = _sync(settings, quiet=False).as_json()
+        if settings.eval_after_sync and _index_changed(data):
+            data["eval"] = _eval_after_sync(settings)
+        _print_sync(data)
+        answer = _search(settings, query, 3, None, None)
+    click.echo(f"\nsearch ({answer['mode']}): {query}")
+    for i, h in enumerate(answer["hits"], 1):
         click.echo(f"{i}. {h['score']:.3f}  [{h['shard']}] {h['doc_id']}\n   " + " ".join(h["text"][:200].split()))
     click.echo("\nNext: `make dev` opens the Dagster UI on http://127.0.0.1:3000")
     sys.exit(1 if data["totals"]["failed"] else 0)
