@@ -470,7 +470,8 @@ class TraceMismatch(ValueError):
 
 
 # The TorchScript trace's file in the model cache, and what it keeps beside the graph.
-TORCHSCRIPT_FILE = "transformer-cpu.torchscript"
+# A trace is of one torch and one transformers release: an upgrade traces again and removes the old file.
+TORCHSCRIPT_FILE = "transformer-cpu-torch{torch}-transformers{transformers}.torchscript"
 TRACE_META_FILE = "rag_assets.json"  # input names and dimension
 TRACE_MAX_DIFF = 1e-5  # largest difference to the transformers model's last hidden state a trace may have
 TRACE_EXAMPLE = ["A short text.", "A longer text, so that the batch the trace is made from is padded like most batches."]
@@ -483,7 +484,10 @@ TRACE_PROBES = [  # what the trace is checked on: shapes and masks it was not ma
 
 
 def torchscript_export_path(info: ModelInfo, cache: Path) -> Path:
-    return cache / f"{info.name.replace('/', '--')}@{info.revision}" / TORCHSCRIPT_FILE
+    from importlib.metadata import version
+
+    name = TORCHSCRIPT_FILE.format(torch=version("torch"), transformers=version("transformers"))
+    return cache / f"{info.name.replace('/', '--')}@{info.revision}" / name
 
 
 def export_torchscript(info: ModelInfo, pooling: str, target: Path) -> None:
@@ -528,6 +532,9 @@ def export_torchscript(info: ModelInfo, pooling: str, target: Path) -> None:
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     torch.jit.save(traced, str(partial), _extra_files=meta)
     os.replace(partial, target)
+    for old in target.parent.glob("transformer-cpu-*.torchscript*"):  # other releases' traces (and notes)
+        if old != target and not old.name.endswith(".lock"):
+            old.unlink(missing_ok=True)
     log.info("traced %s into %s", info.key, target)
 
 

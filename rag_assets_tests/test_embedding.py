@@ -110,8 +110,11 @@ def test_a_trace_that_differs_is_refused_once_a_damaged_one_is_made_again_and_no
     trace = embedding.torchscript_export_path(refused.info, tmp_path / "damaged")
     trace.parent.mkdir(parents=True)
     trace.write_bytes(b"not a TorchScript archive")  # e.g. a disk that lost the file's blocks
+    older = trace.with_name("transformer-cpu-torch2.0.0-transformers4.0.0.torchscript")  # before an upgrade
+    older.write_bytes(b"an older release's trace")
     again = Embedder(default_model(), "cpu", cache=tmp_path / "damaged")
     assert again.model.traced and trace.stat().st_size > 1_000_000
+    assert not older.exists()  # removed once this release's trace is written
     np.testing.assert_allclose(again.encode(sample), cpu_embedder.encode(sample), atol=1e-6)
 
     (tmp_path / "a-file").write_text("")  # a cache that cannot be made: the model still loads
