@@ -6,6 +6,7 @@ changed model can never mix its vectors with another's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -423,8 +424,12 @@ class PooledTransformer:
             if not target.exists():
                 try:
                     export_torchscript(info, pooling, target)
-                except TraceMismatch as exc:
-                    refused.write_text(f"{exc}\n")
+                except OSError as exc:  # a full or failing disk: this process goes without; the next one tries again
+                    log.warning("cannot write the TorchScript trace %s (%s); loading %s by transformers", target, exc, info.key)
+                    return cls.load(info, pooling)
+                except Exception as exc:  # a trace that differs, or a model TorchScript cannot trace: never again
+                    with contextlib.suppress(OSError):
+                        refused.write_text(f"{type(exc).__name__}: {exc}\n")
                     log.warning("%s; loading %s by transformers", exc, info.key)
                     return cls.load(info, pooling)
             extra = {TRACE_META_FILE: ""}
@@ -530,8 +535,12 @@ def export_torchscript(info: ModelInfo, pooling: str, target: Path) -> None:
                                     f"on {len(texts)} texts (allowed: {TRACE_MAX_DIFF:g})")
     meta = {TRACE_META_FILE: json.dumps({"input_names": list(names), "dim": eager.dim, "model": info.key})}
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    torch.jit.save(traced, str(partial), _extra_files=meta)
-    os.replace(partial, target)
+    try:
+        torch.jit.save(traced, str(partial), _extra_files=meta)
+        os.replace(partial, target)
+    except BaseException:  # a full disk leaves no partial file behind
+        partial.unlink(missing_ok=True)
+        raise
     for old in target.parent.glob("transformer-cpu-*.torchscript*"):  # other releases' traces (and notes)
         if old != target and not old.name.endswith(".lock"):
             old.unlink(missing_ok=True)
@@ -697,7 +706,7 @@ def load_embedder(*args, **kwargs) -> TextBatcher:
     """The embedder for these settings (`embedder_options`' arguments): the sync's model process's, when
     one serves them, else loaded once per process."""
     options = embedder_options(*args, **kwargs)
-    served = _served.get(options)
+    served = served_embedder(options)
     return served if served is not None else load_embedder_here(*options)
 
 

@@ -238,8 +238,11 @@ def _accept(listener: Listener, model: _Model) -> None:
     while True:
         try:
             conn = listener.accept()
-        except (OSError, EOFError, multiprocessing.AuthenticationError):
+        except (EOFError, multiprocessing.AuthenticationError):
             continue  # a caller without the key, or one gone before the handshake
+        except OSError:  # e.g. out of file descriptors: wait rather than spin
+            time.sleep(0.1)
+            continue
         threading.Thread(target=_answer_all, args=(conn, model), daemon=True, name="conn").start()
 
 

@@ -120,6 +120,24 @@ def test_a_trace_that_differs_is_refused_once_a_damaged_one_is_made_again_and_no
     (tmp_path / "a-file").write_text("")  # a cache that cannot be made: the model still loads
     assert not Embedder(default_model(), "cpu", cache=tmp_path / "a-file").model.traced
 
+    import torch
+
+    def disk_full(*args, **kwargs):
+        open(args[1], "wb").write(b"half a trace")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.jit, "save", disk_full)  # no trace this time, no partial file, no refusal
+    full = Embedder(default_model(), "cpu", cache=tmp_path / "full")
+    folder = embedding.torchscript_export_path(full.info, tmp_path / "full").parent
+    assert not full.model.traced and sorted(p.name for p in folder.iterdir()) == [trace.name + ".lock"]
+
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("cannot trace this")))
+    untraceable = Embedder(default_model(), "cpu", cache=tmp_path / "untraceable")  # a model TorchScript cannot trace
+    assert not untraceable.model.traced
+    refusal = embedding.torchscript_export_path(untraceable.info, tmp_path / "untraceable")
+    assert refusal.with_name(refusal.name + ".refused").read_text() == "RuntimeError: cannot trace this\n"
+    np.testing.assert_allclose(untraceable.encode(sample), cpu_embedder.encode(sample), atol=1e-6)
+
 
 def test_onnx_backend_gives_the_same_vectors_under_its_own_identity_and_exports_once(cpu_embedder, tmp_path):
     from rag_assets.defs.resources import ModelResource
